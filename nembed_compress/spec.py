@@ -153,3 +153,44 @@ def default_spec(model: str, dataset_shape: tuple[int, ...] = (1, 28, 28), **opt
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(DEFAULT_WIDTHS)}")
     family = "fc" if model.startswith("fc") else model
     return ArchSpec(family=family, in_shape=dataset_shape, widths=DEFAULT_WIDTHS[model], **options)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The per-channel input normalisation a model was trained with: x -> (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(
+                f"normalisation needs one mean and one std per channel, got {len(self.mean)} "
+                f"means and {len(self.std)} stds"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"normalisation std must be positive, got {list(self.std)}")
+
+    def apply(self, x):
+        """Normalise a batch (B, C, H, W) or (B, C*H*W) of inputs in [0, 1]."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if x.dim() == 4:
+            return (x - mean[:, None, None]) / std[:, None, None]
+        return (x - mean.repeat_interleave(x.shape[1] // len(self.mean))) / std.repeat_interleave(
+            x.shape[1] // len(self.std)
+        )
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def parse(cls, mean: str, std: str) -> Normalization:
+        """From comma-separated command-line values, e.g. ``0.1307`` and ``0.3081``."""
+        return cls(
+            tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
+        )

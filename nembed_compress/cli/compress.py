@@ -1,0 +1,196 @@
+"""``nembed compress``: a pretrained checkpoint in, a compact nembed file out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import UsageError
+from ..spec import INPUT_EMBEDDINGS, KERNELS, PAPER_DIMS, Normalization
+from . import options as opt
+from .app import command, print_json, print_table, progress_display, resolve_device
+
+
+def default_output(model: Path, dim: int) -> Path:
+    return model.with_name(f"{model.stem}-d{dim}.safetensors")
+
+
+def normalization_from(mean: str | None, std: str | None, dataset: str | None):
+    """User-given normalisation wins; else the dataset's defaults; else none."""
+    from ..pipeline import default_normalization
+
+    if (mean is None) != (std is None):
+        raise UsageError("--mean and --std go together: give both or neither")
+    if mean is not None:
+        try:
+            return Normalization.parse(mean, std)
+        except ValueError as exc:
+            raise UsageError(f"--mean/--std: {exc}") from None
+    return default_normalization(dataset)
+
+
+def check_dataset(dataset: str | None) -> None:
+    from ..datasets import DATASETS
+
+    if dataset is not None and dataset not in DATASETS:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+
+
+@command("compress")
+def compress(
+    model: Path = typer.Argument(..., help="Checkpoint: .pt/.pth state dict or .safetensors."),
+    dim: int = typer.Option(
+        None, "--dim", "-d", help="Embedding dimension d (default: 64 for fc, 48 for conv nets)."
+    ),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Output file (default: MODEL-d{dim}.safetensors)."
+    ),
+    kernel: str = typer.Option("dot", "--kernel", help=f"Kernel: {', '.join(KERNELS)}."),
+    input_embedding: str = typer.Option(
+        "learned", "--input-embedding", help=f"Input embeddings: {', '.join(INPUT_EMBEDDINGS)}."
+    ),
+    solver: str = typer.Option(
+        "als",
+        "--solver",
+        help="als: exact alternating least squares (fast); adam: the paper's recipe "
+        "(Adam, lr 0.002, 2000 steps from N(0, 1/d)).",
+    ),
+    steps: int = typer.Option(
+        None, "--steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
+    ),
+    lr: float = typer.Option(0.002, "--lr", help="Adam learning rate (adam solver, polishing)."),
+    polish_steps: int = typer.Option(0, "--polish-steps", help="Adam steps after ALS.", min=0),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="Distil the original model into the fit on training data."
+    ),
+    calibrate_steps: int = typer.Option(300, "--calibrate-steps", min=1),
+    calibrate_batch_size: int = typer.Option(256, "--calibrate-batch-size", min=1),
+    calibrate_lr: float = typer.Option(1e-3, "--calibrate-lr"),
+    dataset: str = opt.Dataset,
+    data_dir: Path = opt.DataDir,
+    mean: str = opt.Mean,
+    std: str = opt.Std,
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Stored dtype: float32, float16, bfloat16."
+    ),
+    arch: str = opt.Arch,
+    pool: str = opt.Pool,
+    output_scale: float = opt.OutputScale,
+    allow_pickle: bool = opt.AllowPickle,
+    seed: int = typer.Option(0, "--seed"),
+    device: str = opt.Device,
+    force: bool = opt.Force,
+    json_out: bool = opt.Json,
+) -> None:
+    """Convert a pretrained FC network or ResNet9 into neuron embeddings."""
+    from ..atomic import check_output_path
+    from ..checkpoints import load_checkpoint
+    from ..fileformat import DTYPES
+    from ..models import build_model
+    from ..pipeline import (
+        CalibrateOptions,
+        CompressOptions,
+        compress_model,
+        default_dataset,
+        size_figures,
+        write_compressed,
+    )
+
+    _check_choices(kernel, input_embedding, solver, dtype, DTYPES)
+    check_dataset(dataset)
+    ckpt = load_checkpoint(
+        opt.existing_file(model, "checkpoint"),
+        arch=arch,
+        allow_pickle=allow_pickle,
+        pool=pool,
+        output_scale=output_scale,
+    )
+    dim = dim if dim is not None else PAPER_DIMS[ckpt.spec.family]
+    output = output or default_output(model, dim)
+    check_output_path(output, force=force)
+    dataset = dataset or default_dataset(ckpt.spec)
+    direct = build_model(ckpt.spec)
+    direct.load_state_dict(ckpt.state_dict)
+    if calibrate and dataset is None:
+        raise UsageError("--calibrate needs training data: give --dataset")
+    options = CompressOptions(
+        dim=dim,
+        kernel=kernel,
+        input_embedding=input_embedding,
+        solver=solver,
+        steps=steps,
+        lr=lr,
+        polish_steps=polish_steps,
+        seed=seed,
+        device=resolve_device(device),
+        normalization=normalization_from(mean, std, dataset),
+        calibrate=CalibrateOptions(
+            dataset,
+            str(data_dir) if data_dir else None,
+            calibrate_steps,
+            calibrate_batch_size,
+            calibrate_lr,
+            seed,
+        )
+        if calibrate
+        else None,
+    )
+    with progress_display(not json_out) as track:
+        nf, figures = compress_model(direct, options, track)
+    nf.source_sha256 = ckpt.sha256
+    nf.extra = {"source_file": model.name, "dataset": dataset}
+    written = write_compressed(nf, output, dtype=dtype, force=force)
+    report = {
+        "input": str(model),
+        "arch": ckpt.spec.describe(),
+        "dim": dim,
+        **written,
+        "input_file_bytes": model.stat().st_size,
+        "file_ratio": model.stat().st_size / written["file_bytes"],
+        **size_figures(direct, nf.model, dtype),
+        **figures,
+    }
+    if json_out:
+        print_json(report)
+        return
+    _print_summary(report)
+
+
+def _check_choices(kernel, input_embedding, solver, dtype, dtypes) -> None:
+    from ..fit import SOLVERS
+
+    for option, value, choices in (
+        ("--kernel", kernel, KERNELS),
+        ("--input-embedding", input_embedding, INPUT_EMBEDDINGS),
+        ("--solver", solver, SOLVERS),
+        ("--dtype", dtype, tuple(dtypes)),
+    ):
+        if value not in choices:
+            raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _print_summary(r: dict) -> None:
+    fit = r["fit"]
+    rows = [
+        ("model", r["arch"]),
+        ("output", r["output"]),
+        ("parameters before", r["params_before"]["all"]),
+        ("parameters after", r["params_after"]["all"]),
+        ("parameter ratio", r["param_ratio"]),
+        ("file bytes before", r["input_file_bytes"]),
+        ("file bytes after", r["file_bytes"]),
+        ("file ratio", r["file_ratio"]),
+        ("fit loss", fit["loss"]),
+        ("Eckart-Young bound", fit["bound"]),
+        (f"fit time ({fit['solver']}, {fit['steps']} steps)", f"{fit['seconds']:.2f} s"),
+    ]
+    for name, error in r["conv_rank1_relative_error"].items():
+        rows.append((f"rank-1 error {name}", error))
+    if "calibration" in r:
+        cal = r["calibration"]
+        rows.append(
+            ("calibration KL start -> end", f"{cal['kl_start']:.4g} -> {cal['kl_end']:.4g}")
+        )
+    rows.append(("total time", f"{r['seconds']:.2f} s"))
+    print_table(f"nembed compress (d={r['dim']})", rows)

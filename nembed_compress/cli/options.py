@@ -1,0 +1,49 @@
+"""Options shared between commands, so each means one thing everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+Device = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
+Json = typer.Option(False, "--json", help="Print the results as one JSON object.")
+Force = typer.Option(False, "--force", help="Overwrite an existing output.")
+DataDir = typer.Option(
+    None,
+    "--data-dir",
+    help="Folder with offline dataset copies (else $NEMBED_DATA_DIR or ~/.cache/nembed/data, "
+    "downloading when online).",
+)
+Dataset = typer.Option(
+    None, "--dataset", help="mnist, fashion-mnist or cifar10 (default: from the input shape)."
+)
+Arch = typer.Option(
+    None, "--arch", help="fc, convnet or resnet9, where the checkpoint alone is ambiguous."
+)
+Pool = typer.Option("max", "--pool", help="ResNet9 global pooling: max or avg.")
+OutputScale = typer.Option(
+    1.0, "--output-scale", help="Constant factor on the logits (DAWNBench ResNet9: 0.125)."
+)
+AllowPickle = typer.Option(
+    False,
+    "--allow-pickle",
+    help="Allow unpickling a whole saved module. Runs code from the file: only for files you "
+    "trust.",
+)
+Mean = typer.Option(
+    None, "--mean", help="Input normalisation mean per channel, comma-separated (e.g. 0.1307)."
+)
+Std = typer.Option(None, "--std", help="Input normalisation std per channel, comma-separated.")
+Limit = typer.Option(None, "--limit", help="Evaluate only the first N test samples.", min=1)
+BatchSize = typer.Option(1000, "--batch-size", help="Evaluation batch size.", min=1)
+
+
+def existing_file(path: Path, what: str = "input") -> Path:
+    from ..errors import NembedError
+
+    if not path.exists():
+        raise NembedError(f"{path}: no such file ({what})")
+    if path.is_dir():
+        raise NembedError(f"{path}: is a directory; expected a file ({what})")
+    return path

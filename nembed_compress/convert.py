@@ -1,0 +1,216 @@
+"""Model surgery: direct -> blueprint-separable -> neuron embeddings, and calibration.
+
+The math lives in :mod:`nembed_compress.fit`; this module only moves tensors
+between representations of one layout (:mod:`nembed_compress.models`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .fit import FitProblem, FitResult, Target, fit_embeddings
+from .models import INPUT_SET, NeuronNet, build_model
+
+log = logging.getLogger(__name__)
+
+
+# -- direct -> separable ----------------------------------------------------------------
+
+
+def rank1_separable(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-1 split of every output filter into a pointwise row and a depthwise kernel.
+
+    Each filter, as an (n_in, k*k) matrix, is approximated by s u v^T (its top
+    singular triple). The pointwise row is s u and the depthwise kernel v, of unit
+    norm, so an error in the pointwise row costs exactly as much as the same error
+    in the full filter, and fitting pointwise matrices fits the convolution.
+
+    Returns (pointwise (n_out, n_in), depthwise (n_out, k, k), relative Frobenius error).
+    """
+    n_out, n_in, k, _ = weight.shape
+    filters = weight.reshape(n_out, n_in, k * k).double()  # (n_out, n_in, k^2)
+    u, s, vh = torch.linalg.svd(filters, full_matrices=False)
+    pointwise = u[:, :, 0] * s[:, :1]  # (n_out, n_in)
+    depthwise = vh[:, 0, :]  # (n_out, k^2), unit norm
+    # Fix the sign so that each depthwise kernel sums to a non-negative value.
+    sign = torch.where(depthwise.sum(dim=1) < 0, -1.0, 1.0).to(depthwise.dtype)
+    pointwise, depthwise = pointwise * sign[:, None], depthwise * sign[:, None]
+    approx = pointwise[:, :, None] * depthwise[:, None, :]
+    error = float((filters - approx).norm() / filters.norm().clamp_min(1e-30))
+    return pointwise.float(), depthwise.reshape(n_out, k, k).float(), error
+
+
+def to_separable(model: NeuronNet) -> tuple[NeuronNet, dict[str, float]]:
+    """The blueprint-separable version of a direct model, with each conv layer's relative error."""
+    spec = model.spec
+    if spec.repr == "sep":
+        return model, {}
+    if spec.repr != "direct":
+        raise ValueError(f"to_separable takes a direct model, got repr={spec.repr}")
+    sep = build_model(spec.replace(repr="sep"))
+    source = model.state_dict()
+    state = sep.state_dict()
+    errors = {}
+    for name, ls in model.layout.items():
+        prefix = f"layers.{name}"
+        if ls.kind == "conv":
+            pw, dw, errors[name] = rank1_separable(source[f"{prefix}.weight"])
+            state[f"{prefix}.pointwise"], state[f"{prefix}.depthwise"] = pw, dw
+        else:
+            state[f"{prefix}.weight"] = source[f"{prefix}.weight"]
+        if ls.bias:
+            state[f"{prefix}.bias"] = source[f"{prefix}.bias"]
+    _copy_norms(source, state)
+    sep.load_state_dict(state)
+    return sep.train(model.training), errors
+
+
+def _copy_norms(source: dict, state: dict) -> None:
+    for key, value in source.items():
+        if key.startswith("norms."):
+            state[key] = value
+
+
+# -- separable -> embeddings ------------------------------------------------------------
+
+
+def fit_problem(
+    model: NeuronNet, dim: int, kernel: str = "dot", fixed: dict | None = None
+) -> FitProblem:
+    """The embedding-fit problem of a direct or separable model: every generated matrix."""
+    if model.spec.family != "fc" and model.spec.repr == "direct":
+        model, _ = to_separable(model)
+    weights = model.generated_weights()
+    targets = [
+        Target(name, ls.in_set, ls.out_set, weights[name].detach().float())
+        for name, ls in model.layout.items()
+    ]
+    return FitProblem(dict(model.sets), targets, dim, kernel, dict(fixed or {}))
+
+
+def max_useful_dim(model: NeuronNet) -> int:
+    """Beyond this d every generated matrix is already reproducible exactly (its full rank)."""
+    return max(min(ls.n_in, ls.n_out) for ls in model.layout.values())
+
+
+@dataclass
+class Conversion:
+    """An embedding model fitted to a direct or separable one, and how the fit went."""
+
+    model: NeuronNet
+    fit: FitResult
+    conv_errors: dict[str, float]
+
+
+def to_embedding(
+    model: NeuronNet,
+    dim: int,
+    *,
+    kernel: str = "dot",
+    input_embedding: str = "learned",
+    input_embeddings: torch.Tensor | None = None,
+    solver: str = "als",
+    progress: Callable[[int, int, float], None] | None = None,
+    **fit_options,
+) -> Conversion:
+    """Fit neuron embeddings of dimension ``dim`` to ``model`` and carry over per-neuron state.
+
+    Args:
+        input_embeddings: fixed input embeddings (n_inputs, dim), e.g. another model's,
+            so that two models share a basis (the paper's crossover protocol).
+        fit_options: passed to :func:`nembed_compress.fit.fit_embeddings`.
+    """
+    conv_errors = {}
+    if model.spec.repr == "direct":
+        model, conv_errors = to_separable(model)
+    emb_spec = model.spec.replace(
+        repr="emb", dim=dim, kernel=kernel, input_embedding=input_embedding
+    )
+    emb = build_model(emb_spec)
+    fixed = {}
+    if input_embeddings is not None:
+        fixed[INPUT_SET] = input_embeddings.detach().float()
+    elif input_embedding != "learned":
+        fixed[INPUT_SET] = emb.embeddings[INPUT_SET].detach().clone()
+    problem = fit_problem(model, dim, kernel, fixed)
+    result = fit_embeddings(problem, solver, progress=progress, **fit_options)
+    state = emb.state_dict()
+    for name, z in result.embeddings.items():
+        state[f"embeddings.{name}"] = z
+    source = model.state_dict()
+    for key in state:
+        if key.startswith("layers.") and not key.endswith(".pointwise") and key in source:
+            state[key] = source[key]
+    _copy_norms(source, state)
+    emb.load_state_dict(state)
+    if INPUT_SET in fixed and input_embedding == "learned":
+        emb.embeddings[INPUT_SET].requires_grad_(False)
+    return Conversion(emb.train(model.training), result, conv_errors)
+
+
+# -- calibration (data-aware, beyond the paper) -----------------------------------------
+
+
+def calibrate(
+    student: NeuronNet,
+    teacher: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict:
+    """Distil ``teacher`` into ``student`` on normalised input batches, in place.
+
+    Every trainable tensor of the student moves (embeddings, biases, depthwise
+    kernels, batch-norm shifts) while batch-norm statistics stay as converted, so
+    the student's neurons keep their identity. The learning rate decays with a
+    cosine schedule; ``batches`` is cycled until ``steps`` updates are made.
+    """
+    student.to(device).eval()
+    teacher.to(device).eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / max(steps, 1)))
+    )
+    losses, step = [], 0
+    while step < steps:
+        seen = False
+        for x in batches:
+            seen = True
+            x = x.to(device)
+            with torch.no_grad():
+                target = F.softmax(teacher(x) / temperature, dim=1)
+            logits = student(x) / temperature
+            loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
+            opt.zero_grad(set_to_none=True)
+            (loss * temperature**2).backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if progress is not None:
+                progress(step, steps, losses[-1])
+            if step >= steps:
+                break
+        if not seen:
+            raise ValueError("calibration got no batches")
+    student.cpu()
+    teacher.cpu()
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": step,
+        "lr": lr,
+        "kl_start": sum(head) / len(head),
+        "kl_end": sum(tail) / len(tail),
+    }

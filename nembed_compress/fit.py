@@ -322,8 +322,47 @@ def _fit_als(problem, sweeps, tol, progress):
             progress(done, sweeps, history[-1])
         if history[-2] - history[-1] <= tol * max(history[-2], 1e-30):
             break
+    if progress is not None:
+        progress(done, done, history[-1])  # ALS stops early: show the bar complete
     log.debug("als: %d sweeps, loss %.3e", done, history[-1])
+    if not problem.fixed and len(groups) == 2:
+        z = _balance(z, groups)
     return {s: v / scale for s, v in z.items()}, history, done
+
+
+def _balance(z: dict, groups: list[list[str]]) -> dict:
+    """Spread the scale evenly between the two colours without changing any generated weight.
+
+    Every matrix joins one set of each colour, so Z_A -> Z_A M and Z_B -> Z_B M^-T leaves
+    every product Z_B Z_A^T unchanged. ALS ends with arbitrary scales (hidden embeddings
+    of norm 0.03 against input embeddings of norm 7 are typical), which makes later
+    gradient steps (calibration, training) ill-conditioned. Choosing M M^T as the
+    geometric mean of G_A^-1 and G_B (G = sum of Z^T Z over a colour) makes both colours'
+    Gram matrices equal, as the SVD's U S^1/2, V S^1/2 split does for one matrix.
+    """
+    gram_a = sum(z[s].double().T @ z[s].double() for s in groups[0])
+    gram_b = sum(z[s].double().T @ z[s].double() for s in groups[1])
+    eye = torch.eye(gram_a.shape[0], dtype=gram_a.dtype, device=gram_a.device)
+    # Embedding dimensions no neuron uses (d above a set's rank) stay as they are.
+    ridge = 1e-12 * max(float(gram_a.diagonal().mean()), float(gram_b.diagonal().mean()), 1e-30)
+    a_half, a_inv_half = (
+        _sym_power(gram_a + ridge * eye, 0.5),
+        _sym_power(gram_a + ridge * eye, -0.5),
+    )
+    middle = _sym_power(a_half @ (gram_b + ridge * eye) @ a_half, 0.5)
+    m = _sym_power(a_inv_half @ middle @ a_inv_half, 0.5)
+    m_inv_t = torch.linalg.inv(m).T
+    out = dict(z)
+    for s in groups[0]:
+        out[s] = (z[s].double() @ m).float()
+    for s in groups[1]:
+        out[s] = (z[s].double() @ m_inv_t).float()
+    return out
+
+
+def _sym_power(a: torch.Tensor, power: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh((a + a.T) / 2)
+    return vectors @ torch.diag(values.clamp_min(1e-300) ** power) @ vectors.T
 
 
 def _incident(s, targets):

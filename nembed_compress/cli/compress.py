@@ -61,12 +61,10 @@ def compress(
     ),
     lr: float = typer.Option(0.002, "--lr", help="Adam learning rate (adam solver, polishing)."),
     polish_steps: int = typer.Option(0, "--polish-steps", help="Adam steps after ALS.", min=0),
-    calibrate: bool = typer.Option(
-        False, "--calibrate", help="Distil the original model into the fit on training data."
-    ),
-    calibrate_steps: int = typer.Option(300, "--calibrate-steps", min=1),
-    calibrate_batch_size: int = typer.Option(256, "--calibrate-batch-size", min=1),
-    calibrate_lr: float = typer.Option(1e-3, "--calibrate-lr"),
+    calibrate: bool = opt.Calibrate,
+    calibrate_steps: int = opt.CalibrateSteps,
+    calibrate_batch_size: int = opt.CalibrateBatchSize,
+    calibrate_lr: float = opt.CalibrateLr,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
     mean: str = opt.Mean,

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from ..pipeline import CalibrateOptions
+
+_CAL = CalibrateOptions(dataset="")
+
 Device = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
 Json = typer.Option(False, "--json", help="Print the results as one JSON object.")
 Force = typer.Option(False, "--force", help="Overwrite an existing output.")
@@ -47,3 +51,13 @@ def existing_file(path: Path, what: str = "input") -> Path:
     if path.is_dir():
         raise NembedError(f"{path}: is a directory; expected a file ({what})")
     return path
+
+
+Calibrate = typer.Option(
+    False,
+    "--calibrate",
+    help="Distil the original model into the fit on training data (needs the dataset).",
+)
+CalibrateSteps = typer.Option(_CAL.steps, "--calibrate-steps", min=1, help="Distillation steps.")
+CalibrateBatchSize = typer.Option(_CAL.batch_size, "--calibrate-batch-size", min=1)
+CalibrateLr = typer.Option(_CAL.lr, "--calibrate-lr", help="Distillation learning rate.")

@@ -1,0 +1,290 @@
+"""Training from scratch: the recipes, the loop, the saved files and ``nembed train``.
+
+Everything runs on a synthetic MNIST-shaped set whose class is the position of a bright
+square, small enough that a tiny MLP learns it in a few dozen steps on a CPU.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import nembed_compress.cli.experiments  # noqa: F401  (registers train)
+from nembed_compress.checkpoints import load_checkpoint
+from nembed_compress.cli import app
+from nembed_compress.datasets import ImageDataset
+from nembed_compress.errors import UsageError
+from nembed_compress.fileformat import load_nembed
+from nembed_compress.models import build_model
+from nembed_compress.spec import ArchSpec, Normalization
+from nembed_compress.training import (
+    Recipe,
+    TrainOptions,
+    TrainResult,
+    augment,
+    make_optimizer,
+    model_spec,
+    paper_recipe,
+    save_trained,
+    train_model,
+)
+
+runner = CliRunner()
+NORM = Normalization((0.1,), (0.3,))
+TINY = ArchSpec("fc", (1, 28, 28), (16, 10))
+
+
+def square_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dim noise plus one bright 6x6 square; its position (2 rows x 5 columns) is the class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for image, label in zip(images, labels, strict=True):
+        row, col = 3 + 13 * (label // 5), 1 + 5 * (label % 5)
+        image[row : row + 6, col : col + 6] += 180
+    return images.astype(np.uint8), labels
+
+
+def square_dataset(n: int, seed: int = 0) -> ImageDataset:
+    images, labels = square_images(n, seed)
+    return ImageDataset(
+        torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), "mnist", "train"
+    )
+
+
+def write_square_mnist(root: Path, n_train: int = 400, n_test: int = 100) -> Path:
+    """The square set as an MNIST folder of gzip IDX files (``MNIST/raw``)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = square_images(n, seed)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels.astype(np.uint8))):
+            header = struct.pack(">HBB", 0, 8, array.ndim)
+            header += struct.pack(f">{array.ndim}I", *array.shape)
+            path = raw / f"{prefix}-{kind}-ubyte.gz"
+            path.write_bytes(gzip.compress(header + array.tobytes()))
+    return root
+
+
+def tiny_run(spec: ArchSpec = TINY, steps: int = 30, seed: int = 0) -> TrainResult:
+    recipe = Recipe("adam", 0.01, 64, 0.0, "cos", 0.3, False)
+    return train_model(
+        spec,
+        square_dataset(320, seed=0),
+        square_dataset(100, seed=1),
+        NORM,
+        recipe,
+        steps=steps,
+        eval_every=10,
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="module")
+def direct_run() -> TrainResult:
+    return tiny_run()
+
+
+# ---------------------------------------------------------------------------
+# Recipes
+
+
+def test_the_paper_recipe_is_adam_at_0_01_on_mnist_and_dawnbench_sgd_on_cifar10():
+    mnist, cifar = paper_recipe("mnist"), paper_recipe("cifar10")
+    assert (mnist.optimizer, mnist.lr, mnist.batch_size, mnist.anneal) == (
+        "adam",
+        0.01,
+        1000,
+        "cos",
+    )
+    assert (cifar.optimizer, cifar.lr, cifar.batch_size, cifar.anneal) == (
+        "sgd",
+        0.4,
+        512,
+        "linear",
+    )
+    assert cifar.weight_decay == 5e-4 and cifar.augment and not mnist.augment
+
+
+def test_every_recipe_setting_can_be_overridden():
+    options = TrainOptions(dataset="cifar10", lr=2e-4, batch_size=64, optimizer="adam")
+    recipe = options.recipe()
+    assert (recipe.lr, recipe.batch_size, recipe.optimizer) == (2e-4, 64, "adam")
+    assert recipe.weight_decay == 5e-4, "settings not overridden keep the recipe's value"
+
+
+def test_the_one_cycle_schedule_peaks_at_the_given_learning_rate():
+    model = build_model(TINY)
+    opt, schedule = make_optimizer(model, paper_recipe("cifar10"), steps=100)
+    rates = []
+    for _ in range(99):
+        opt.step()
+        schedule.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert max(rates) == pytest.approx(0.4, rel=1e-2), f"peak {max(rates)}"
+    assert rates[-1] < 0.01, f"the run ends near zero, got {rates[-1]}"
+
+
+def test_model_spec_uses_paper_dims_and_dawnbench_logit_scale():
+    emb = model_spec(TrainOptions(model="convnet", repr="emb"), (1, 28, 28))
+    resnet = model_spec(TrainOptions(model="resnet9", dataset="cifar10"), (3, 32, 32))
+    assert emb.dim == 48 and emb.widths == (16, 40, 1000, 100, 10)
+    assert resnet.output_scale == 0.125
+    with pytest.raises(UsageError, match="--model must be one of"):
+        model_spec(TrainOptions(model="vgg"), (1, 28, 28))
+
+
+def test_augmentation_keeps_shapes_and_only_moves_pixels():
+    x = torch.rand(8, 3, 16, 16)
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert y.min() >= x.min() and y.max() <= x.max()
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+
+
+def test_training_a_tiny_mlp_lowers_the_loss_and_learns_the_task(direct_run):
+    history = direct_run.figures["history"]
+    first, best = history[0], direct_run.figures["best"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"], f"history {history}"
+    assert best["accuracy"] >= 0.9, f"holdout accuracy {best['accuracy']:.3f} below 0.9"
+    assert best["accuracy"] >= first["accuracy"]
+
+
+def test_the_best_holdout_step_is_the_model_returned(direct_run):
+    best = direct_run.figures["best"]
+    assert best["step"] in [h["step"] for h in direct_run.figures["history"]]
+    assert max(h["accuracy"] for h in direct_run.figures["history"]) == best["accuracy"]
+    assert not direct_run.model.training
+
+
+def test_the_same_seed_gives_the_same_model():
+    a, b = tiny_run(steps=10, seed=3), tiny_run(steps=10, seed=3)
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
+def test_an_embedding_model_trains_with_the_same_recipe():
+    result = tiny_run(spec=TINY.replace(repr="emb", dim=8), steps=40)
+    assert result.figures["best"]["accuracy"] >= 0.7, f"{result.figures['best']}"
+
+
+# ---------------------------------------------------------------------------
+# Saving
+
+
+def test_a_direct_model_is_saved_as_a_state_dict_that_compress_reads(direct_run, tmp_path):
+    written = save_trained(direct_run, tmp_path / "mlp.pt")
+    ckpt = load_checkpoint(written[0])
+    assert ckpt.spec.widths == TINY.widths and ckpt.spec.in_shape == TINY.in_shape
+    model = build_model(ckpt.spec)
+    model.load_state_dict(ckpt.state_dict)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(model(x), direct_run.model(x))
+    record = json.loads(written[1].read_text())
+    assert record["normalization"] == NORM.to_dict()
+
+
+def test_a_safetensors_name_gives_a_safetensors_state_dict_with_metadata(direct_run, tmp_path):
+    from safetensors import safe_open
+
+    (path,) = save_trained(direct_run, tmp_path / "mlp.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["normalization"]) == NORM.to_dict()
+    assert load_checkpoint(path).spec.widths == TINY.widths
+
+
+def test_an_embedding_model_is_saved_as_a_nembed_file_with_its_normalisation(tmp_path):
+    result = tiny_run(spec=TINY.replace(repr="emb", dim=8), steps=10)
+    (path,) = save_trained(result, tmp_path / "emb.safetensors")
+    nf = load_nembed(path)
+    assert nf.normalization == NORM and nf.spec.dim == 8
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(nf.model(x), result.model(x))
+
+
+def test_saving_refuses_to_overwrite_without_force(direct_run, tmp_path):
+    save_trained(direct_run, tmp_path / "mlp.pt")
+    with pytest.raises(UsageError, match="file exists; pass --force"):
+        save_trained(direct_run, tmp_path / "mlp.pt")
+    save_trained(direct_run, tmp_path / "mlp.pt", force=True)
+
+
+# ---------------------------------------------------------------------------
+# nembed train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_square_mnist(tmp_path_factory.mktemp("data"))
+
+
+def train_args(data_dir: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "-o",
+        str(output),
+        "--data-dir",
+        str(data_dir),
+        "--widths",
+        "16,10",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--holdout",
+        "100",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+class TestTrainCommand:
+    def test_train_writes_a_checkpoint_and_reports_json(self, data_dir, tmp_path):
+        result = runner.invoke(app, train_args(data_dir, tmp_path / "m.pt", "--json"))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["test"]["samples"] == 100 and report["train_examples"] == 300
+        assert report["params"]["all"] == 784 * 16 + 16 + 16 * 10 + 10
+        assert report["test"]["accuracy"] >= 0.5, f"test accuracy {report['test']['accuracy']}"
+        assert (tmp_path / "m.pt").exists() and (tmp_path / "m.pt.json").exists()
+
+    def test_train_with_emb_writes_a_nembed_file(self, data_dir, tmp_path):
+        out = tmp_path / "m.safetensors"
+        result = runner.invoke(app, train_args(data_dir, out, "--repr", "emb", "--dim", "8"))
+        assert result.exit_code == 0, result.output
+        assert "test accuracy" in result.stdout
+        assert load_nembed(out).spec.dim == 8
+
+    def test_train_refuses_an_existing_output_with_exit_2(self, data_dir, tmp_path):
+        (tmp_path / "m.pt").write_bytes(b"keep")
+        result = runner.invoke(app, train_args(data_dir, tmp_path / "m.pt"))
+        assert result.exit_code == 2
+        assert "pass --force" in result.output
+        assert (tmp_path / "m.pt").read_bytes() == b"keep"
+
+    @pytest.mark.parametrize(
+        ("option", "value", "message"),
+        [
+            ("--repr", "dense", "--repr must be one of"),
+            ("--optimizer", "lbfgs", "--optimizer must be one of"),
+            ("--model", "vgg", "--model must be one of"),
+            ("--widths", "16,x", "--widths takes comma-separated integers"),
+        ],
+    )
+    def test_bad_options_are_usage_errors(self, data_dir, tmp_path, option, value, message):
+        result = runner.invoke(app, train_args(data_dir, tmp_path / "m.pt", option, value))
+        assert result.exit_code == 2, result.output
+        assert message in result.output

@@ -137,6 +137,8 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
 
 
 def format_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value == 0 or 1e-3 <= abs(value) < 1e6:
             return f"{value:.4g}"

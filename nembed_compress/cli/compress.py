@@ -37,6 +37,80 @@ def check_dataset(dataset: str | None) -> None:
         raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
 
 
+def load_direct(model: Path, arch, allow_pickle, pool, output_scale):
+    """An original checkpoint as our direct model; a compressed file is refused by name."""
+    from ..checkpoints import load_checkpoint
+    from ..fileformat import is_nembed_file
+    from ..models import build_model
+
+    opt.existing_file(model, "checkpoint")
+    if is_nembed_file(model):
+        raise UsageError(
+            f"{model}: already a compressed nembed file; give the original checkpoint it was "
+            "compressed from"
+        )
+    ckpt = load_checkpoint(
+        model, arch=arch, allow_pickle=allow_pickle, pool=pool, output_scale=output_scale
+    )
+    direct = build_model(ckpt.spec)
+    direct.load_state_dict(ckpt.state_dict)
+    return direct.eval(), ckpt
+
+
+def compress_options(
+    *,
+    dim: int,
+    kernel: str,
+    input_embedding: str,
+    solver: str,
+    steps: int | None,
+    lr: float,
+    polish_steps: int,
+    seed: int,
+    device: str,
+    mean: str | None,
+    std: str | None,
+    dataset: str | None,
+    calibrate: bool,
+    calibrate_steps: int,
+    calibrate_batch_size: int,
+    calibrate_lr: float,
+    data_dir: Path | None,
+):
+    """Checked options of one fit, shared by compress and sweep-dims."""
+    from ..fit import SOLVERS
+    from ..pipeline import CalibrateOptions, CompressOptions
+
+    for option, value, choices in (
+        ("--kernel", kernel, KERNELS),
+        ("--input-embedding", input_embedding, INPUT_EMBEDDINGS),
+        ("--solver", solver, SOLVERS),
+    ):
+        if value not in choices:
+            raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+    if calibrate and dataset is None:
+        raise UsageError("--calibrate needs training data: give --dataset")
+    cal = None
+    if calibrate:
+        data_dir_text = str(data_dir) if data_dir else None
+        cal = CalibrateOptions(
+            dataset, data_dir_text, calibrate_steps, calibrate_batch_size, calibrate_lr, seed
+        )
+    return CompressOptions(
+        dim=dim,
+        kernel=kernel,
+        input_embedding=input_embedding,
+        solver=solver,
+        steps=steps,
+        lr=lr,
+        polish_steps=polish_steps,
+        seed=seed,
+        device=resolve_device(device),
+        normalization=normalization_from(mean, std, dataset),
+        calibrate=cal,
+    )
+
+
 @command("compress")
 def compress(
     model: Path = typer.Argument(..., help="Checkpoint: .pt/.pth state dict or .safetensors."),
@@ -46,21 +120,12 @@ def compress(
     output: Path = typer.Option(
         None, "--output", "-o", help="Output file (default: MODEL-d{dim}.safetensors)."
     ),
-    kernel: str = typer.Option("dot", "--kernel", help=f"Kernel: {', '.join(KERNELS)}."),
-    input_embedding: str = typer.Option(
-        "learned", "--input-embedding", help=f"Input embeddings: {', '.join(INPUT_EMBEDDINGS)}."
-    ),
-    solver: str = typer.Option(
-        "als",
-        "--solver",
-        help="als: exact alternating least squares (fast); adam: the paper's recipe "
-        "(Adam, lr 0.002, 2000 steps from N(0, 1/d)).",
-    ),
-    steps: int = typer.Option(
-        None, "--steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
-    ),
-    lr: float = typer.Option(0.002, "--lr", help="Adam learning rate (adam solver, polishing)."),
-    polish_steps: int = typer.Option(0, "--polish-steps", help="Adam steps after ALS.", min=0),
+    kernel: str = opt.Kernel,
+    input_embedding: str = opt.InputEmbedding,
+    solver: str = opt.Solver,
+    steps: int = opt.Steps,
+    lr: float = opt.Lr,
+    polish_steps: int = opt.PolishSteps,
     calibrate: bool = opt.Calibrate,
     calibrate_steps: int = opt.CalibrateSteps,
     calibrate_batch_size: int = opt.CalibrateBatchSize,
@@ -76,43 +141,25 @@ def compress(
     pool: str = opt.Pool,
     output_scale: float = opt.OutputScale,
     allow_pickle: bool = opt.AllowPickle,
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = opt.Seed,
     device: str = opt.Device,
     force: bool = opt.Force,
     json_out: bool = opt.Json,
 ) -> None:
     """Convert a pretrained FC network or ResNet9 into neuron embeddings."""
     from ..atomic import check_output_path
-    from ..checkpoints import load_checkpoint
     from ..fileformat import DTYPES
-    from ..models import build_model
-    from ..pipeline import (
-        CalibrateOptions,
-        CompressOptions,
-        compress_model,
-        default_dataset,
-        size_figures,
-        write_compressed,
-    )
+    from ..pipeline import compress_model, default_dataset, size_figures, write_compressed
 
-    _check_choices(kernel, input_embedding, solver, dtype, DTYPES)
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     check_dataset(dataset)
-    ckpt = load_checkpoint(
-        opt.existing_file(model, "checkpoint"),
-        arch=arch,
-        allow_pickle=allow_pickle,
-        pool=pool,
-        output_scale=output_scale,
-    )
+    direct, ckpt = load_direct(model, arch, allow_pickle, pool, output_scale)
     dim = dim if dim is not None else PAPER_DIMS[ckpt.spec.family]
     output = output or default_output(model, dim)
     check_output_path(output, force=force)
     dataset = dataset or default_dataset(ckpt.spec)
-    direct = build_model(ckpt.spec)
-    direct.load_state_dict(ckpt.state_dict)
-    if calibrate and dataset is None:
-        raise UsageError("--calibrate needs training data: give --dataset")
-    options = CompressOptions(
+    options = compress_options(
         dim=dim,
         kernel=kernel,
         input_embedding=input_embedding,
@@ -121,18 +168,15 @@ def compress(
         lr=lr,
         polish_steps=polish_steps,
         seed=seed,
-        device=resolve_device(device),
-        normalization=normalization_from(mean, std, dataset),
-        calibrate=CalibrateOptions(
-            dataset,
-            str(data_dir) if data_dir else None,
-            calibrate_steps,
-            calibrate_batch_size,
-            calibrate_lr,
-            seed,
-        )
-        if calibrate
-        else None,
+        device=device,
+        mean=mean,
+        std=std,
+        dataset=dataset,
+        calibrate=calibrate,
+        calibrate_steps=calibrate_steps,
+        calibrate_batch_size=calibrate_batch_size,
+        calibrate_lr=calibrate_lr,
+        data_dir=data_dir,
     )
     with progress_display(not json_out) as track:
         nf, figures = compress_model(direct, options, track)
@@ -153,19 +197,6 @@ def compress(
         print_json(report)
         return
     _print_summary(report)
-
-
-def _check_choices(kernel, input_embedding, solver, dtype, dtypes) -> None:
-    from ..fit import SOLVERS
-
-    for option, value, choices in (
-        ("--kernel", kernel, KERNELS),
-        ("--input-embedding", input_embedding, INPUT_EMBEDDINGS),
-        ("--solver", solver, SOLVERS),
-        ("--dtype", dtype, tuple(dtypes)),
-    ):
-        if value not in choices:
-            raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _print_summary(r: dict) -> None:

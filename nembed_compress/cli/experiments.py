@@ -495,7 +495,7 @@ def crossover_command(
     json_out: bool = opt.Json,
 ) -> None:
     """Transplant neurons of a hidden set from SOURCE into TARGET (paper, section 4.3)."""
-    from ..transfer import DIRECT_MODES, check_fraction, crossover, crossover_sweep
+    from ..transfer import DIRECT_MODES, check_fraction, crossover_sweep
 
     values = sweep_values(fraction, fractions, 0.5, ("--fraction", "--fractions"))
     for f in values:
@@ -519,21 +519,9 @@ def crossover_command(
         scoring = make_scoring(
             inputs, dataset, data_dir, limit, batch_size, device, bn_batches, seed
         )
-        record = {"crossover": {"target": str(target), "source": str(source), "seed": seed}}
         if output is not None:
-            main = inputs.pairs[0]
-            mode = direct_mode if main.first.spec.repr != "emb" else "embedding"
-            child, moved = crossover(
-                main.first,
-                main.second,
-                values[0],
-                set_name=layer,
-                seed=seed,
-                direct_mode=direct_mode,
-            )
-            scoring.reestimate(child)
-            record["crossover"].update(fraction=values[0], layer=layer, mode=mode, moved=len(moved))
-            save_child(child, output, inputs, record, force)
+            where = {"target": str(target), "source": str(source), "seed": seed}
+            _write_crossover(inputs, scoring, output, values[0], layer, direct_mode, where, force)
         result = None
         if fractions or report or evaluate:
             update = track("crossover", len(values) * len(inputs.pairs))
@@ -549,6 +537,25 @@ def crossover_command(
             )
     options = _record(target, source, scoring, inputs, dim, solver, share_output, seed)
     _finish(result, report, options, output, json_out, "nembed crossover")
+
+
+def _write_crossover(inputs, scoring, output, fraction, layer, direct_mode, where, force):
+    from ..transfer import crossover, resolve_set
+
+    main = inputs.pairs[0]
+    set_name = resolve_set(main.first, layer)
+    child, moved = crossover(
+        main.first,
+        main.second,
+        fraction,
+        set_name=set_name,
+        seed=where["seed"],
+        direct_mode=direct_mode,
+    )
+    scoring.reestimate(child)
+    mode = "embedding" if child.spec.repr == "emb" else direct_mode
+    where.update(fraction=fraction, layer=set_name, mode=mode, moved=len(moved))
+    save_child(child, output, inputs, {"crossover": where}, force)
 
 
 def _check_transfer_options(kernel, solver, output, sweep, report, evaluate, force) -> None:

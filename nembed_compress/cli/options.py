@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..pipeline import CalibrateOptions
+from ..spec import INPUT_EMBEDDINGS, KERNELS
 
 _CAL = CalibrateOptions(dataset="")
 
@@ -61,3 +62,19 @@ Calibrate = typer.Option(
 CalibrateSteps = typer.Option(_CAL.steps, "--calibrate-steps", min=1, help="Distillation steps.")
 CalibrateBatchSize = typer.Option(_CAL.batch_size, "--calibrate-batch-size", min=1)
 CalibrateLr = typer.Option(_CAL.lr, "--calibrate-lr", help="Distillation learning rate.")
+
+# How embeddings are fitted (compress, sweep-dims).
+Kernel = typer.Option("dot", "--kernel", help=f"Kernel: {', '.join(KERNELS)}.")
+InputEmbedding = typer.Option(
+    "learned", "--input-embedding", help=f"Input embeddings: {', '.join(INPUT_EMBEDDINGS)}."
+)
+Solver = typer.Option(
+    "als",
+    "--solver",
+    help="als: exact alternating least squares (fast); adam: the paper's recipe "
+    "(Adam, lr 0.002, 2000 steps from N(0, 1/d)).",
+)
+Steps = typer.Option(None, "--steps", help="ALS sweeps (200) or Adam steps (2000).", min=1)
+Lr = typer.Option(0.002, "--lr", help="Adam learning rate (adam solver, polishing).")
+PolishSteps = typer.Option(0, "--polish-steps", help="Adam steps after ALS.", min=0)
+Seed = typer.Option(0, "--seed", help="Random seed.")

@@ -9,10 +9,9 @@ from rich import box
 from rich.table import Table
 
 from ..errors import UsageError
-from ..spec import INPUT_EMBEDDINGS, KERNELS
 from . import options as opt
-from .app import command, out, parse_int_list, print_json, progress_display, resolve_device
-from .compress import check_dataset, normalization_from
+from .app import command, out, parse_int_list, print_json, progress_display
+from .compress import check_dataset, compress_options, load_direct
 from .evaluate import check_data_fits
 
 
@@ -25,18 +24,12 @@ def sweep_dims_command(
     output: Path = typer.Option(..., "--output", "-o", help="Report folder (created if missing)."),
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
-    kernel: str = typer.Option("dot", "--kernel", help=f"Kernel: {', '.join(KERNELS)}."),
-    input_embedding: str = typer.Option(
-        "learned", "--input-embedding", help=f"Input embeddings: {', '.join(INPUT_EMBEDDINGS)}."
-    ),
-    solver: str = typer.Option(
-        "als", "--solver", help="als: exact alternating least squares; adam: the paper's recipe."
-    ),
-    steps: int = typer.Option(
-        None, "--steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
-    ),
-    lr: float = typer.Option(0.002, "--lr", help="Adam learning rate (adam solver, polishing)."),
-    polish_steps: int = typer.Option(0, "--polish-steps", help="Adam steps after ALS.", min=0),
+    kernel: str = opt.Kernel,
+    input_embedding: str = opt.InputEmbedding,
+    solver: str = opt.Solver,
+    steps: int = opt.Steps,
+    lr: float = opt.Lr,
+    polish_steps: int = opt.PolishSteps,
     calibrate: bool = opt.Calibrate,
     calibrate_steps: int = opt.CalibrateSteps,
     calibrate_batch_size: int = opt.CalibrateBatchSize,
@@ -52,28 +45,26 @@ def sweep_dims_command(
     save_models: bool = typer.Option(
         False, "--save-models", help="Also write each compressed model as d{dim}.safetensors."
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = opt.Seed,
     device: str = opt.Device,
     force: bool = opt.Force,
     json_out: bool = opt.Json,
 ) -> None:
     """Compress a checkpoint at several embedding dimensions and report accuracy against d."""
     from ..datasets import load_dataset
-    from ..pipeline import CalibrateOptions, CompressOptions, default_dataset
+    from ..pipeline import default_dataset
     from ..sweep import check_dims, prepare_report_dir, sweep_dims, write_report
 
     # Everything that can be wrong is checked before any fitting starts.
     dim_list = parse_int_list(dims, "--dims")
-    _check_choices(kernel, input_embedding, solver)
     check_dataset(dataset)
-    direct, ckpt = _load_direct(model, arch, allow_pickle, pool, output_scale)
+    direct, ckpt = load_direct(model, arch, allow_pickle, pool, output_scale)
     dim_list = check_dims(direct, dim_list)
     dataset = dataset or default_dataset(direct.spec)
     if dataset is None:
         raise UsageError("--dataset: no default for this model's input shape; give --dataset")
     check_data_fits(direct.spec, dataset)
-    data_dir_text = str(data_dir) if data_dir else None
-    options = CompressOptions(
+    options = compress_options(
         dim=dim_list[0],
         kernel=kernel,
         input_embedding=input_embedding,
@@ -82,14 +73,17 @@ def sweep_dims_command(
         lr=lr,
         polish_steps=polish_steps,
         seed=seed,
-        device=resolve_device(device),
-        normalization=normalization_from(mean, std, dataset),
-        calibrate=CalibrateOptions(
-            dataset, data_dir_text, calibrate_steps, calibrate_batch_size, calibrate_lr, seed
-        )
-        if calibrate
-        else None,
+        device=device,
+        mean=mean,
+        std=std,
+        dataset=dataset,
+        calibrate=calibrate,
+        calibrate_steps=calibrate_steps,
+        calibrate_batch_size=calibrate_batch_size,
+        calibrate_lr=calibrate_lr,
+        data_dir=data_dir,
     )
+    data_dir_text = str(data_dir) if data_dir else None
     data = load_dataset(dataset, "test", data_dir)
     folder = prepare_report_dir(output, dim_list, save_models=save_models, force=force)
 
@@ -124,37 +118,6 @@ def _model_saver(folder: Path, source_file: str, sha256: str, dataset: str, forc
         write_compressed(nf, folder / model_file_name(dim), force=force)
 
     return save
-
-
-def _load_direct(model: Path, arch, allow_pickle, pool, output_scale):
-    from ..checkpoints import load_checkpoint
-    from ..fileformat import is_nembed_file
-    from ..models import build_model
-
-    opt.existing_file(model, "checkpoint")
-    if is_nembed_file(model):
-        raise UsageError(
-            f"{model}: already a compressed nembed file; sweep-dims needs the original "
-            "checkpoint it was compressed from"
-        )
-    ckpt = load_checkpoint(
-        model, arch=arch, allow_pickle=allow_pickle, pool=pool, output_scale=output_scale
-    )
-    direct = build_model(ckpt.spec)
-    direct.load_state_dict(ckpt.state_dict)
-    return direct.eval(), ckpt
-
-
-def _check_choices(kernel: str, input_embedding: str, solver: str) -> None:
-    from ..fit import SOLVERS
-
-    for option, value, choices in (
-        ("--kernel", kernel, KERNELS),
-        ("--input-embedding", input_embedding, INPUT_EMBEDDINGS),
-        ("--solver", solver, SOLVERS),
-    ):
-        if value not in choices:
-            raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _options_record(model, sha256, options, limit, batch_size, data_dir) -> dict:

@@ -64,7 +64,7 @@ def pretrain(data, norm, steps: int, batch_size: int, lr: float, seed: int) -> t
             sched.step()
             step += 1
             if step % 50 == 0:
-                print(f"pretrain step {step}/{steps} loss {float(loss):.3f}", flush=True)
+                print(f"pretrain step {step}/{steps} loss {float(loss.detach()):.3f}", flush=True)
             if step >= steps:
                 break
     return model.eval()

@@ -305,7 +305,13 @@ def _fit_als(problem, sweeps, tol, progress):
     z = {s: v * scale for s, v in problem.fixed.items()}
     groups = _colours(problem) or [[s] for s in problem.free_sets]
     for s in groups[0]:
-        z[s] = _spectral_start(s, targets, weights, problem.dim)
+        if any(nb in problem.fixed for _, nb, _ in _incident(s, targets)):
+            # A set next to fixed embeddings starts in their basis (least squares against
+            # them), not in its own singular vectors: otherwise the alternation has to
+            # rotate one basis into the other, slowly, and may stop in a poor optimum.
+            z[s] = _least_squares(s, targets, weights, z, problem.dim)
+        else:
+            z[s] = _spectral_start(s, targets, weights, problem.dim)
     for later in groups[1:]:
         for s in later:
             z[s] = _least_squares(s, targets, weights, z, problem.dim)

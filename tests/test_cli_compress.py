@@ -178,3 +178,11 @@ def test_help_lists_the_commands():
     assert expected <= commands, expected - commands
     for name in expected:
         assert name in result.output
+
+
+def test_compressing_a_compressed_file_is_refused_by_name(mlp_file, tmp_path):
+    first = tmp_path / "first.safetensors"
+    assert invoke("compress", mlp_file, "-d", 4, "-o", first).exit_code == 0
+    result = invoke("compress", first, "-d", 4, "-o", tmp_path / "second.safetensors")
+    assert result.exit_code == 2
+    assert "already a compressed nembed file" in result.output

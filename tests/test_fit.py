@@ -111,3 +111,13 @@ def test_embedding_model_at_full_rank_reproduces_an_mlp():
     x = torch.randn(5, 1, 6, 6)
     assert conversion.fit.loss < 1e-8
     assert torch.allclose(conversion.model.eval()(x), direct(x), atol=1e-4)
+
+
+def test_with_another_models_input_embeddings_als_still_beats_adam():
+    # The crossover protocol: the source is fitted in the target's input basis.
+    target_inputs = fit_embeddings(mlp_problem(8, seed=0)).embeddings["input"]
+    problem = mlp_problem(8, seed=1)
+    problem.fixed = {"input": target_inputs}
+    als = fit_embeddings(problem)
+    adam = fit_embeddings(problem, "adam", steps=500)
+    assert als.loss <= adam.loss * 1.0001, (als.loss, adam.loss)

@@ -105,8 +105,16 @@ def main() -> None:
 
     ref_eval = evaluate(reference, test, norm, batch_size=500, limit=args.limit)
     rows, results = [], {"reference": {**ref_eval, "params": count_parameters(reference)}}
-    rows.append(["Reference (direct)", count_parameters(reference)["paper"],
-                 100 * ref_eval["accuracy"], ref_eval["cross_entropy"], "-", "-"])
+    rows.append(
+        [
+            "Reference (direct)",
+            count_parameters(reference)["paper"],
+            100 * ref_eval["accuracy"],
+            ref_eval["cross_entropy"],
+            "-",
+            "-",
+        ]
+    )
     for label, calibrate in (("data-free", None), ("calibrated", True)):
         options = CompressOptions(dim=args.dim, normalization=norm, seed=args.seed)
         if calibrate:
@@ -125,14 +133,23 @@ def main() -> None:
             "calibration": figures.get("calibration"),
             **size_figures(reference, nf.model, "float32"),
         }
-        rows.append([f"Neuron embedding d={args.dim} ({label})", count_parameters(nf.model)["paper"],
-                     100 * ev["accuracy"], ev["cross_entropy"], figures["fit"]["loss"], seconds])
+        rows.append(
+            [
+                f"Neuron embedding d={args.dim} ({label})",
+                count_parameters(nf.model)["paper"],
+                100 * ev["accuracy"],
+                ev["cross_entropy"],
+                figures["fit"]["loss"],
+                seconds,
+            ]
+        )
         print(f"{label}: accuracy {ev['accuracy']:.4f} in {seconds:.1f} s", flush=True)
 
     results["args"] = vars(args)
     results["pretrain_seconds"] = pretrain_seconds
     results["accuracy_drop_points"] = {
-        k: 100 * (ref_eval["accuracy"] - results[k]["accuracy"]) for k in ("data-free", "calibrated")
+        k: 100 * (ref_eval["accuracy"] - results[k]["accuracy"])
+        for k in ("data-free", "calibrated")
     }
     (out / "resnet9_cifar.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = markdown_table(

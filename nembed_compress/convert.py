@@ -157,6 +157,36 @@ def to_embedding(
 # -- calibration (data-aware, beyond the paper) -----------------------------------------
 
 
+@torch.no_grad()
+def reestimate_batch_norm(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor], *, max_batches: int = 20, device="cpu"
+) -> int:
+    """Recompute batch-norm statistics from data; returns how many batches were used.
+
+    A converted network's activations no longer have the statistics the original's
+    batch norms stored, so those statistics are measured again (a cumulative average
+    over up to ``max_batches`` batches). Only the forward pass runs.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    model.to(device).train()
+    used = 0
+    for x in batches:
+        model(x.to(device))
+        used += 1
+        if used >= max_batches:
+            break
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+    model.eval()
+    return used
+
+
 def calibrate(
     student: NeuronNet,
     teacher: torch.nn.Module,
@@ -165,16 +195,20 @@ def calibrate(
     steps: int,
     lr: float = 1e-3,
     temperature: float = 1.0,
+    bn_batches: int = 20,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict:
     """Distil ``teacher`` into ``student`` on normalised input batches, in place.
 
-    Every trainable tensor of the student moves (embeddings, biases, depthwise
-    kernels, batch-norm shifts) while batch-norm statistics stay as converted, so
-    the student's neurons keep their identity. The learning rate decays with a
-    cosine schedule; ``batches`` is cycled until ``steps`` updates are made.
+    A student with batch norms first has their statistics measured again on up to
+    ``bn_batches`` batches (:func:`reestimate_batch_norm`). Then every trainable tensor
+    of the student moves (embeddings, biases, depthwise kernels, batch-norm shifts)
+    while the statistics stay fixed, so the student's neurons keep their identity.
+    The learning rate decays with a cosine schedule; ``batches`` is cycled until
+    ``steps`` updates are made.
     """
+    bn_used = reestimate_batch_norm(student, batches, max_batches=bn_batches, device=device)
     student.to(device).eval()
     teacher.to(device).eval()
     params = [p for p in student.parameters() if p.requires_grad]
@@ -210,6 +244,7 @@ def calibrate(
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": step,
+        "bn_batches": bn_used,
         "lr": lr,
         "kl_start": sum(head) / len(head),
         "kl_end": sum(tail) / len(tail),

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path, check_output_path
-from .errors import UsageError
+from .errors import NembedError, UsageError
 from .models import NeuronNet, build_model, count_parameters
 from .spec import PAPER_DIMS, ArchSpec, Normalization, default_spec
 
@@ -257,14 +257,10 @@ def train_model(
     for step in range(1, steps + 1):
         x, y = next(batches)
         x = augment(x, generator) if recipe.augment else x
-        loss = F.cross_entropy(model(normalization.apply(x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        value = _step(model, opt, normalization.apply(x), y)
         schedule.step()
-        value = float(loss.detach())
         if not math.isfinite(value):
-            raise UsageError(
+            raise NembedError(
                 f"training diverged at step {step} (loss {value}); lower --lr "
                 f"(now {recipe.lr:g}) or raise --batch-size"
             )
@@ -280,6 +276,14 @@ def train_model(
     model.cpu().eval()
     figures = {"train_seconds": round(seconds, 3), "best": best, "history": history}
     return TrainResult(model, normalization, figures)
+
+
+def _step(model: NeuronNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _short(scores: dict) -> dict:

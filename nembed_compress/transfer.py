@@ -225,67 +225,6 @@ def reestimate_batch_norm(
     return seen
 
 
-# -- the gauge of a fit -----------------------------------------------------------------
-
-
-def set_colours(model: NeuronNet) -> dict[str, int]:
-    """Two-colour the neuron sets so that every layer joins sets of different colours.
-
-    The input set has colour 0. Every model of the zoo has a bipartite set graph (its
-    residual additions join a set to one it is already joined with).
-    """
-    colour = {INPUT_SET: 0}
-    pending = True
-    while pending:
-        pending = False
-        for ls in model.layout.values():
-            for a, b in ((ls.in_set, ls.out_set), (ls.out_set, ls.in_set)):
-                if a in colour and b not in colour:
-                    colour[b], pending = 1 - colour[a], True
-                elif a in colour and colour[b] == colour[a]:
-                    raise NembedError(f"neuron sets {a} and {b} of one colour share a layer")
-    return colour
-
-
-@torch.no_grad()
-def balance_gauge(model: NeuronNet) -> NeuronNet:
-    """Re-express an embedding model in a balanced basis, without changing its function.
-
-    With a (scaled) dot-product kernel every generated weight z_out . z_in stays the
-    same when the embeddings of one colour of sets (see :func:`set_colours`) are
-    multiplied by an invertible d x d matrix A and those of the other colour by
-    A^-T. A fit leaves A arbitrary: ALS starts from singular vectors and leaves the
-    input embeddings wherever the least-squares updates put them. A is chosen here so
-    that both colours get the same Gram matrix Z^T Z, which is diagonal. For a
-    crossover this matters: the source is fitted on the target's input embeddings, and
-    an ill-balanced basis leaves some directions of the hidden embeddings determined
-    by the outgoing weights alone, where two fits need not agree.
-    """
-    from .kernels import is_linear
-
-    if model.spec.repr != "emb" or not is_linear(model.spec.kernel):
-        raise NembedError(
-            f"balancing needs an embedding model with a dot-product kernel; got "
-            f"{model.spec.describe()}"
-        )
-    colour = set_colours(model)
-    z = {s: model.embeddings[s].detach().double() for s in colour}
-    grams = [sum(z[s].T @ z[s] for s in colour if colour[s] == c) for c in (0, 1)]
-    root = _symmetric_power(grams[0], 0.5)
-    lam, vectors = torch.linalg.eigh(root @ grams[1] @ root)
-    a = _symmetric_power(grams[0], -0.5) @ vectors * lam.clamp_min(1e-30) ** 0.25
-    maps = {0: a, 1: torch.linalg.inv(a).T}
-    for s, c in colour.items():
-        model.embeddings[s].copy_((z[s] @ maps[c]).float())
-    return model
-
-
-def _symmetric_power(gram: torch.Tensor, power: float) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(gram)
-    floor = values.max().clamp_min(1e-30) * 1e-12
-    return (vectors * values.clamp_min(floor) ** power) @ vectors.T
-
-
 # -- fitting a pair with shared embeddings ----------------------------------------------
 
 
@@ -306,7 +245,6 @@ def fit_pair(
     kernel: str = "dot",
     solver: str = "als",
     share_output: bool = False,
-    balance: bool | None = None,
     seed: int = 0,
     source_seed: int | None = None,
     progress: Callable[[str], Callable] | None = None,
@@ -319,10 +257,6 @@ def fit_pair(
         share_output: also fix the source's output embeddings to the target's (beyond
             the paper): the source's hidden neurons are then fitted against the same
             embeddings on both sides, so they fit into the target's output layer.
-        balance: put the fitted target in a balanced basis (:func:`balance_gauge`)
-            before its input embeddings are handed to the source. Default: for the
-            ``als`` solver, whose basis is otherwise arbitrary; Adam from a small
-            start ends close to balanced by itself. Dot-product kernels only.
         seed, source_seed: seeds of the two fits (the Adam solver's N(0, 1/d) start);
             the source uses ``seed`` unless ``source_seed`` is given.
         progress: ``progress(description) -> update(step, total, loss)``.
@@ -341,12 +275,6 @@ def fit_pair(
         progress=track(f"fit target d={dim} ({solver})"),
         **fit_options,
     )
-    from .kernels import is_linear
-
-    if balance is None:
-        balance = solver == "als" and is_linear(kernel)
-    if balance:
-        balance_gauge(fitted_target.model)
     fixed = {INPUT_SET: fitted_target.model.embeddings[INPUT_SET].detach().clone()}
     if share_output:
         out = output_set(target)
@@ -366,7 +294,6 @@ def fit_pair(
         "kernel": kernel,
         "solver": solver,
         "share_output": share_output,
-        "balanced": balance,
         "target_fit": fitted_target.fit.summary(),
         "source_fit": fitted_source.fit.summary(),
     }

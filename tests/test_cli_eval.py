@@ -7,113 +7,27 @@ and a broken pipeline (wrong normalisation, wrong weights) shows in the accuracy
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from synthetic import save_as_user_checkpoint, square_detector, write_square_mnist
 from typer.testing import CliRunner
 
 import nembed_compress.cli.evaluate  # noqa: F401  (registers eval and inspect)
 from nembed_compress.cli import app
-from nembed_compress.models import build_model
-from nembed_compress.spec import ArchSpec
 
 runner = CliRunner()
-MLP = ArchSpec("fc", (1, 28, 28), (32, 10))
-
-
-# ---------------------------------------------------------------------------
-# A learnable synthetic dataset and a model trained on it
-
-
-def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dim noise with one bright 6x6 square whose position (2 rows x 5 columns) is the class."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, size=n)
-    images = rng.integers(0, 60, size=(n, 28, 28))
-    for image, label in zip(images, labels, strict=True):
-        row, col = 3 + 13 * (label // 5), 1 + 5 * (label % 5)
-        image[row : row + 6, col : col + 6] += 180
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
-def write_idx_gz(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.tobytes()))
-
-
-def write_synthetic_mnist(root: Path, n_train: int = 600, n_test: int = 300) -> Path:
-    """An MNIST folder in the torchvision layout (``MNIST/raw``) with gzip IDX files."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
-        images, labels = synthetic_images(n, seed)
-        write_idx_gz(raw / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx_gz(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
-def square_detector() -> torch.nn.Module:
-    """An MLP built, not trained, to solve the synthetic set: hidden neuron k averages the
-    pixels of square k, the output reads hidden neuron k as class k. Small random weights
-    everywhere else make its matrices full rank, as a trained model's are."""
-    torch.manual_seed(0)
-    model = build_model(MLP)
-    fc1, fc2 = model.layers["fc1"], model.layers["fc2"]
-    with torch.no_grad():
-        fc1.weight.normal_(0, 0.01)
-        fc2.weight.normal_(0, 0.01)
-        fc1.bias.fill_(-1.0)
-        for k in range(10):
-            row, col = 3 + 13 * (k // 5), 1 + 5 * (k % 5)
-            square = torch.zeros(28, 28)
-            square[row : row + 6, col : col + 6] = 1 / 36
-            fc1.weight[k] += square.flatten()
-            fc2.weight[k, k] += 5.0
-    return model
-
-
-def save_as_user_checkpoint(model, path: Path) -> Path:
-    """The state dict a user's own training code would save (plain nn.Linear names)."""
-    state = {
-        f"{name}.{leaf}": getattr(model.layers[name], leaf).detach().clone()
-        for name in ("fc1", "fc2")
-        for leaf in ("weight", "bias")
-    }
-    torch.save(state, path)
-    return path
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    return write_synthetic_mnist(tmp_path_factory.mktemp("data"))
+    return write_square_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     return save_as_user_checkpoint(square_detector(), tmp_path_factory.mktemp("model") / "mlp.pt")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: extra threads only add start-up cost and, on a busy machine,
-    spin-waiting that made the suite several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing may be downloaded: a missing dataset must fail at once."""
-    monkeypatch.setenv("NEMBED_OFFLINE", "1")
-    monkeypatch.delenv("NEMBED_DATA_DIR", raising=False)
-    monkeypatch.setenv("HOME", str(Path("/nonexistent-home-for-tests")))
 
 
 @pytest.fixture(scope="session")

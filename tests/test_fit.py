@@ -121,3 +121,19 @@ def test_with_another_models_input_embeddings_als_still_beats_adam():
     als = fit_embeddings(problem)
     adam = fit_embeddings(problem, "adam", steps=500)
     assert als.loss <= adam.loss * 1.0001, (als.loss, adam.loss)
+
+
+def test_batch_norm_statistics_are_measured_again_from_data():
+    from nembed_compress.convert import reestimate_batch_norm
+
+    spec = ArchSpec("resnet9", (3, 16, 16), (4, 8, 8, 8, 8, 8, 8, 8, 10), repr="emb", dim=4)
+    model = build_model(spec)
+    prep = model.norms["prep"]
+    prep.running_mean.fill_(5.0)
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    assert reestimate_batch_norm(model, batches, max_batches=2) == 2
+    with torch.no_grad():
+        z = model.embeddings
+        pre = torch.cat([model.layers["prep"](x, z["input"], z["prep"]) for x in batches[:2]])
+    assert torch.allclose(prep.running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert not model.training

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from test_cli_eval import save_as_user_checkpoint, square_detector, write_synthetic_mnist
+from synthetic import save_as_user_checkpoint, square_detector, write_square_mnist
 from typer.testing import CliRunner
 
 import nembed_compress.cli.sweep  # noqa: F401  (registers sweep-dims)
@@ -27,29 +26,12 @@ FULL_RANK = 32
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return write_synthetic_mnist(tmp_path_factory.mktemp("data"))
+    return write_square_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return save_as_user_checkpoint(square_detector(), tmp_path_factory.mktemp("m") / "mlp.pt")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: extra threads only add start-up cost and, on a busy machine,
-    spin-waiting that made the suite several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("NEMBED_OFFLINE", "1")
-    monkeypatch.delenv("NEMBED_DATA_DIR", raising=False)
-    monkeypatch.setenv("HOME", "/nonexistent-home-for-tests")
 
 
 def sweep(checkpoint, data_dir, out, *args):

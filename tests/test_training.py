@@ -6,14 +6,12 @@ square, small enough that a tiny MLP learns it in a few dozen steps on a CPU.
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from synthetic import square_dataset, write_square_mnist
 from typer.testing import CliRunner
 
 import nembed_compress.cli.experiments  # noqa: F401  (registers train)
@@ -39,38 +37,6 @@ from nembed_compress.training import (
 runner = CliRunner()
 NORM = Normalization((0.1,), (0.3,))
 TINY = ArchSpec("fc", (1, 28, 28), (16, 10))
-
-
-def square_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dim noise plus one bright 6x6 square; its position (2 rows x 5 columns) is the class."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, size=n)
-    images = rng.integers(0, 60, size=(n, 28, 28))
-    for image, label in zip(images, labels, strict=True):
-        row, col = 3 + 13 * (label // 5), 1 + 5 * (label % 5)
-        image[row : row + 6, col : col + 6] += 180
-    return images.astype(np.uint8), labels
-
-
-def square_dataset(n: int, seed: int = 0) -> ImageDataset:
-    images, labels = square_images(n, seed)
-    return ImageDataset(
-        torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), "mnist", "train"
-    )
-
-
-def write_square_mnist(root: Path, n_train: int = 400, n_test: int = 100) -> Path:
-    """The square set as an MNIST folder of gzip IDX files (``MNIST/raw``)."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
-        images, labels = square_images(n, seed)
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels.astype(np.uint8))):
-            header = struct.pack(">HBB", 0, 8, array.ndim)
-            header += struct.pack(f">{array.ndim}I", *array.shape)
-            path = raw / f"{prefix}-{kind}-ubyte.gz"
-            path.write_bytes(gzip.compress(header + array.tobytes()))
-    return root
 
 
 def tiny_run(spec: ArchSpec = TINY, steps: int = 30, seed: int = 0) -> TrainResult:
@@ -225,7 +191,7 @@ def test_saving_refuses_to_overwrite_without_force(direct_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return write_square_mnist(tmp_path_factory.mktemp("data"))
+    return write_square_mnist(tmp_path_factory.mktemp("data"), n_train=400, n_test=100)
 
 
 def train_args(data_dir: Path, output: Path, *extra: str) -> list[str]:
@@ -288,3 +254,23 @@ class TestTrainCommand:
         result = runner.invoke(app, train_args(data_dir, tmp_path / "m.pt", option, value))
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ArchSpec("convnet", (3, 16, 16), (4, 6, 8, 10), repr="sep"),
+        ArchSpec("resnet9", (3, 16, 16), (4, 8, 8, 8, 8, 8, 8, 8, 10), repr="emb", dim=4),
+    ],
+    ids=["convnet-sep", "resnet9-emb"],
+)
+def test_convolutional_models_train_with_the_cifar_recipe(spec):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    data = ImageDataset(images, torch.randint(0, 10, (64,), generator=generator), "x", "train")
+    recipe = Recipe("sgd", 0.05, 16, 5e-4, "linear", 0.2, True)
+    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    result = train_model(spec, data, data, norm, recipe, steps=4, eval_every=2)
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    for bn in result.model.norms.values():
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)), "BN scales stay frozen at 1"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_training import write_square_mnist
+from synthetic import write_square_mnist
 from typer.testing import CliRunner
 
 import nembed_compress.cli.experiments  # noqa: F401  (registers crossover, interpolate)
@@ -23,7 +23,6 @@ from nembed_compress.models import build_model
 from nembed_compress.spec import ArchSpec, Normalization
 from nembed_compress.training import save_state_dict
 from nembed_compress.transfer import (
-    balance_gauge,
     check_shared_input_embeddings,
     choose_neurons,
     crossover,
@@ -31,7 +30,6 @@ from nembed_compress.transfer import (
     hidden_sets,
     interpolate,
     reestimate_batch_norm,
-    set_colours,
 )
 
 runner = CliRunner()
@@ -220,29 +218,15 @@ def test_an_unknown_or_output_layer_is_a_usage_error_naming_the_hidden_sets():
 
 
 def test_fit_pair_gives_the_source_the_target_input_embeddings():
-    pair = fit_pair(random_model(FC, 0), random_model(FC, 1), 6, solver="als")
+    pair = fit_pair(random_model(FC, 0), random_model(FC, 1), 6, solver="als", steps=20)
     check_shared_input_embeddings(pair.target, pair.source, ("target", "source"))
-    assert pair.figures["balanced"] is True
 
 
 def test_share_output_also_fixes_the_output_embeddings():
-    pair = fit_pair(random_model(FC, 0), random_model(FC, 1), 6, solver="als", share_output=True)
+    pair = fit_pair(
+        random_model(FC, 0), random_model(FC, 1), 6, solver="als", share_output=True, steps=20
+    )
     assert torch.equal(pair.target.embeddings["fc2"], pair.source.embeddings["fc2"])
-
-
-@pytest.mark.parametrize("spec", [FC_EMB, RESNET], ids=["fc", "resnet9"])
-def test_balancing_the_gauge_changes_no_output(spec):
-    model = random_model(spec, 0)
-    before = outputs(model, spec.in_shape)
-    balance_gauge(model)
-    assert torch.allclose(outputs(model, spec.in_shape), before, atol=1e-4)
-    colours = set_colours(model)
-    grams = [
-        sum(model.embeddings[s].T @ model.embeddings[s] for s in colours if colours[s] == c)
-        for c in (0, 1)
-    ]
-    assert torch.allclose(grams[0], grams[1], atol=1e-4), "both colours get one Gram matrix"
-    assert torch.allclose(grams[0], torch.diag(grams[0].diagonal()), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +291,7 @@ class TestCrossoverCommand:
         self, direct_files, data_dir, tmp_path
     ):
         args = ["crossover", *direct_files, "--dim", "6", "--solver", "als", "--fractions", "0,1"]
+        args += ["--fit-steps", "20"]
         args += ["--data-dir", str(data_dir), "--report", str(tmp_path / "r"), "--json"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
 """The ``nembed`` command line: a thin layer over the library, one module per command."""
 
-from . import compress, evaluate, export, sweep  # noqa: F401  (each registers commands)
+from . import compress, evaluate, experiments, export, sweep  # noqa: F401  (register commands)
 from .app import app
 
 

@@ -196,7 +196,6 @@ class FitChoice:
     solver: str
     steps: int | None
     share_output: bool
-    balance: bool | None
     seed: int
     device: object
 
@@ -263,7 +262,6 @@ def _fit_pair(target, source, fit: FitChoice, track):
         kernel=fit.kernel,
         solver=fit.solver,
         share_output=fit.share_output,
-        balance=fit.balance,
         seed=fit.seed,
         steps=fit.steps,
         device=fit.device,
@@ -445,20 +443,14 @@ def crossover_command(
     solver: str = typer.Option(
         "adam",
         "--solver",
-        help="Fit solver: adam (the paper's; default) or als (exact and fast; with "
-        "--balance it transplants as well, but interpolates badly).",
+        help="Fit solver: adam (the paper's; default) or als (exact and fast; "
+        "transplants as well, but interpolates badly).",
     ),
     fit_steps: int = typer.Option(
         None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
     ),
     share_output: bool = typer.Option(
         False, "--share-output", help="Also fit the source with the target's output embeddings."
-    ),
-    balance: bool = typer.Option(
-        None,
-        "--balance/--no-balance",
-        help="Put the fitted target in a balanced basis before fitting the source "
-        "(default: with the als solver).",
     ),
     direct_mode: str = typer.Option(
         "incoming",
@@ -509,7 +501,7 @@ def crossover_command(
             opt.existing_file(target, "target"),
             opt.existing_file(source, "source"),
             ("--direct-target", "--direct-source"),
-            FitChoice(dim, kernel, solver, fit_steps, share_output, balance, seed, device),
+            FitChoice(dim, kernel, solver, fit_steps, share_output, seed, device),
             (direct_target, direct_source),
             f"direct ({direct_mode})",
             dict(arch=arch, allow_pickle=allow_pickle, pool=pool, output_scale=output_scale),
@@ -634,17 +626,11 @@ def interpolate_command(
     solver: str = typer.Option(
         "adam",
         "--solver",
-        help="Fit solver: adam (the paper's; default) or als (exact and fast; with "
-        "--balance it transplants as well, but interpolates badly).",
+        help="Fit solver: adam (the paper's; default) or als (exact and fast; "
+        "transplants as well, but interpolates badly).",
     ),
     fit_steps: int = typer.Option(
         None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
-    ),
-    balance: bool = typer.Option(
-        None,
-        "--balance/--no-balance",
-        help="Put the fitted target in a balanced basis before fitting the source "
-        "(default: with the als solver).",
     ),
     direct_a: Path = typer.Option(
         None, "--direct-a", help="Original checkpoint of A, to compare direct interpolation."
@@ -686,7 +672,7 @@ def interpolate_command(
             opt.existing_file(a, "A"),
             opt.existing_file(b, "B"),
             ("--direct-a", "--direct-b"),
-            FitChoice(dim, kernel, solver, fit_steps, False, balance, seed, device),
+            FitChoice(dim, kernel, solver, fit_steps, False, seed, device),
             (direct_a, direct_b),
             "direct",
             dict(arch=arch, allow_pickle=allow_pickle, pool=pool, output_scale=output_scale),

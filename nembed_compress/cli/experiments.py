@@ -444,7 +444,7 @@ def crossover_command(
         "adam",
         "--solver",
         help="Fit solver: adam (the paper's; default) or als (exact and fast; "
-        "transplants as well, but interpolates badly).",
+        "transplants and interpolates about as well).",
     ),
     fit_steps: int = typer.Option(
         None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
@@ -627,7 +627,7 @@ def interpolate_command(
         "adam",
         "--solver",
         help="Fit solver: adam (the paper's; default) or als (exact and fast; "
-        "transplants as well, but interpolates badly).",
+        "transplants and interpolates about as well).",
     ),
     fit_steps: int = typer.Option(
         None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1

@@ -159,13 +159,18 @@ def to_embedding(
 
 @torch.no_grad()
 def reestimate_batch_norm(
-    model: torch.nn.Module, batches: Iterable[torch.Tensor], *, max_batches: int = 20, device="cpu"
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    max_batches: int | None = 20,
+    device: str | torch.device = "cpu",
 ) -> int:
     """Recompute batch-norm statistics from data; returns how many batches were used.
 
-    A converted network's activations no longer have the statistics the original's
-    batch norms stored, so those statistics are measured again (a cumulative average
-    over up to ``max_batches`` batches). Only the forward pass runs.
+    A converted or transplanted network's activations no longer have the statistics
+    its batch norms stored, so they are measured again: a cumulative average over up
+    to ``max_batches`` normalised input batches (all of them with ``None``). Only the
+    forward pass runs; the model is left in eval mode on ``device``.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -179,7 +184,7 @@ def reestimate_batch_norm(
     for x in batches:
         model(x.to(device))
         used += 1
-        if used >= max_batches:
+        if max_batches is not None and used >= max_batches:
             break
     for bn, momentum in zip(norms, momenta, strict=True):
         bn.momentum = momentum

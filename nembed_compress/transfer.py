@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,38 +191,6 @@ def interpolate(a: NeuronNet, b: NeuronNet, alpha: float) -> NeuronNet:
     }
     child.load_state_dict(state)
     return child
-
-
-# -- batch-norm statistics --------------------------------------------------------------
-
-
-@torch.no_grad()
-def reestimate_batch_norm(
-    model: NeuronNet, batches: Iterable[torch.Tensor], device: str | torch.device = "cpu"
-) -> int:
-    """Recompute every batch norm's running mean and variance on normalised input batches.
-
-    A transplanted neuron sees inputs from a different network, so the statistics it
-    brought (or the target's, for an interpolation) no longer describe its
-    activations. Returns the number of batches used; models without batch norm are
-    left alone.
-    """
-    norms = list(model.norms.values())
-    if not norms:
-        return 0
-    momenta = [n.momentum for n in norms]
-    for n in norms:
-        n.reset_running_stats()
-        n.momentum = None  # a cumulative average over all batches
-    model.to(device).train()
-    seen = 0
-    for x in batches:
-        model(x.to(device))
-        seen += 1
-    for n, m in zip(norms, momenta, strict=True):
-        n.momentum = m
-    model.cpu().eval()
-    return seen
 
 
 # -- fitting a pair with shared embeddings ----------------------------------------------

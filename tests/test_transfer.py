@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import nembed_compress.cli.experiments  # noqa: F401  (registers crossover, interpolate)
 from nembed_compress.cli import app
+from nembed_compress.convert import reestimate_batch_norm
 from nembed_compress.errors import NembedError, UsageError
 from nembed_compress.fileformat import NembedFile, load_nembed, save_nembed
 from nembed_compress.models import build_model
@@ -29,7 +30,6 @@ from nembed_compress.transfer import (
     fit_pair,
     hidden_sets,
     interpolate,
-    reestimate_batch_norm,
 )
 
 runner = CliRunner()

@@ -320,8 +320,8 @@ class Scoring:
         """Fresh batch-norm statistics from ``bn_batches`` shuffled training batches."""
         import torch
 
+        from ..convert import reestimate_batch_norm
         from ..datasets import load_dataset
-        from ..transfer import reestimate_batch_norm
 
         if self.bn_batches == 0 or not len(model.norms):
             return 0
@@ -332,7 +332,9 @@ class Scoring:
             256, shuffle=True, generator=generator, limit=256 * self.bn_batches
         )
         normalized = (self.normalization.apply(x) if self.normalization else x for x, _ in batches)
-        return reestimate_batch_norm(model, normalized, self.device)
+        used = reestimate_batch_norm(model, normalized, max_batches=None, device=self.device)
+        model.cpu()
+        return used
 
 
 def make_scoring(inputs: Inputs, dataset, data_dir, limit, batch_size, device, bn_batches, seed):
@@ -415,6 +417,22 @@ def print_sweep(result: dict, title: str) -> None:
         out.print(f"{label}: {text}")
 
 
+# Options of the pair fit that crossover and interpolate share.
+PairDim = typer.Option(
+    None, "--dim", "-d", help="Fit two checkpoints on one input basis at this d first."
+)
+PairKernel = typer.Option("dot", "--kernel", help=f"Kernel of the fit: {', '.join(KERNELS)}.")
+PairSolver = typer.Option(
+    "adam",
+    "--solver",
+    help="Fit solver: adam (the paper's; default) or als (exact and fast; transplants and "
+    "interpolates about as well).",
+)
+PairFitSteps = typer.Option(
+    None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
+)
+
+
 # -- crossover ------------------------------------------------------------------------------
 
 
@@ -436,19 +454,10 @@ def crossover_command(
     output: Path = typer.Option(
         None, "--output", "-o", help="Write the crossed-over model (single --fraction)."
     ),
-    dim: int = typer.Option(
-        None, "--dim", "-d", help="Fit two checkpoints on one input basis at this d first."
-    ),
-    kernel: str = typer.Option("dot", "--kernel", help=f"Kernel of the fit: {', '.join(KERNELS)}."),
-    solver: str = typer.Option(
-        "adam",
-        "--solver",
-        help="Fit solver: adam (the paper's; default) or als (exact and fast; "
-        "transplants and interpolates about as well).",
-    ),
-    fit_steps: int = typer.Option(
-        None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
-    ),
+    dim: int = PairDim,
+    kernel: str = PairKernel,
+    solver: str = PairSolver,
+    fit_steps: int = PairFitSteps,
     share_output: bool = typer.Option(
         False, "--share-output", help="Also fit the source with the target's output embeddings."
     ),
@@ -619,19 +628,10 @@ def interpolate_command(
     output: Path = typer.Option(
         None, "--output", "-o", help="Write the interpolated model (single --alpha)."
     ),
-    dim: int = typer.Option(
-        None, "--dim", "-d", help="Fit two checkpoints on one input basis at this d first."
-    ),
-    kernel: str = typer.Option("dot", "--kernel", help=f"Kernel of the fit: {', '.join(KERNELS)}."),
-    solver: str = typer.Option(
-        "adam",
-        "--solver",
-        help="Fit solver: adam (the paper's; default) or als (exact and fast; "
-        "transplants and interpolates about as well).",
-    ),
-    fit_steps: int = typer.Option(
-        None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
-    ),
+    dim: int = PairDim,
+    kernel: str = PairKernel,
+    solver: str = PairSolver,
+    fit_steps: int = PairFitSteps,
     direct_a: Path = typer.Option(
         None, "--direct-a", help="Original checkpoint of A, to compare direct interpolation."
     ),

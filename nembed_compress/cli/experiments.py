@@ -428,6 +428,12 @@ PairSolver = typer.Option(
     help="Fit solver: adam (the paper's; default) or als (exact and fast; transplants and "
     "interpolates about as well).",
 )
+Evaluate = typer.Option(
+    False, "--evaluate", help="Score the result on the test split (implied by sweeps)."
+)
+BnBatches = typer.Option(
+    10, "--bn-batches", help="Training batches to re-estimate batch norms (ResNet9).", min=0
+)
 PairFitSteps = typer.Option(
     None, "--fit-steps", help="ALS sweeps (200) or Adam steps (2000).", min=1
 )
@@ -476,12 +482,8 @@ def crossover_command(
     report: Path = typer.Option(
         None, "--report", help="Folder for report.md, report.json and crossover.png."
     ),
-    evaluate: bool = typer.Option(
-        False, "--evaluate", help="Score the result on the test split (implied by sweeps)."
-    ),
-    bn_batches: int = typer.Option(
-        10, "--bn-batches", help="Training batches to re-estimate batch norms (ResNet9).", min=0
-    ),
+    evaluate: bool = Evaluate,
+    bn_batches: int = BnBatches,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
     limit: int = opt.Limit,
@@ -639,12 +641,8 @@ def interpolate_command(
     report: Path = typer.Option(
         None, "--report", help="Folder for report.md, report.json and interpolation.png."
     ),
-    evaluate: bool = typer.Option(
-        False, "--evaluate", help="Score the result on the test split (implied by sweeps)."
-    ),
-    bn_batches: int = typer.Option(
-        10, "--bn-batches", help="Training batches to re-estimate batch norms (ResNet9).", min=0
-    ),
+    evaluate: bool = Evaluate,
+    bn_batches: int = BnBatches,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
     limit: int = opt.Limit,

@@ -199,6 +199,10 @@ def compress(
     _print_summary(report)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_summary(r: dict) -> None:
     fit = r["fit"]
     rows = [
@@ -212,7 +216,7 @@ def _print_summary(r: dict) -> None:
         ("file ratio", r["file_ratio"]),
         ("fit loss", fit["loss"]),
         ("Eckart-Young bound", fit["bound"]),
-        (f"fit time ({fit['solver']}, {fit['steps']} steps)", f"{fit['seconds']:.2f} s"),
+        (f"fit time ({fit['solver']}, {_count(fit['steps'], 'step')})", f"{fit['seconds']:.2f} s"),
     ]
     for name, error in r["conv_rank1_relative_error"].items():
         rows.append((f"rank-1 error {name}", error))

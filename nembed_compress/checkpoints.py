@@ -14,7 +14,10 @@ network belongs to, and renames its tensors to the keys of our direct models:
 
 What a state dict cannot show comes from the caller: the ResNet9 global pool,
 the logit scale and, for image models, the input size (28x28 for one channel,
-else 32x32, unless ``in_shape`` is given). Padding, strides and where pooling
+else 32x32, unless ``in_shape`` is given). A state dict written by ``nembed
+train`` also carries a training record (safetensors metadata, or ``<name>.json``
+beside a ``.pt`` file) with its architecture and input normalisation; what the
+caller leaves unset is taken from there. Padding, strides and where pooling
 happens are assumed to be those of our models: a network that differs there
 loads, but computes something else.
 """
@@ -22,6 +25,7 @@ loads, but computes something else.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -36,7 +40,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, UsageError
-from .spec import CONVNET_CONVS, FAMILIES, POOLS, RESNET9_LAYERS, ArchSpec
+from .spec import CONVNET_CONVS, FAMILIES, POOLS, RESNET9_LAYERS, ArchSpec, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +71,61 @@ class Checkpoint:
         spec: the detected architecture, ``repr="direct"``.
         state_dict: float32 tensors under our direct model's key names.
         sha256: hex digest of the file's bytes.
+        normalization: the input normalisation from the file's training record, if any.
     """
 
     path: Path
     spec: ArchSpec
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     sha256: str
+    normalization: Normalization | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What ``nembed train`` stores beside a direct or separable state dict."""
+
+    spec: ArchSpec | None = None
+    normalization: Normalization | None = None
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    """Where ``nembed train`` puts the record of a ``.pt`` state dict: ``<name>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_training_record(path: str | os.PathLike) -> TrainingRecord:
+    """The training record of a checkpoint; empty when it has none or it cannot be read.
+
+    A record that does not parse is ignored with a warning: the weights are still
+    usable, and the options it would have filled in can be given by hand.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                raw = dict(f.metadata() or {})
+        elif record_path(path).is_file():
+            raw = json.loads(record_path(path).read_text(encoding="utf-8"))
+        else:
+            return TrainingRecord()
+    except Exception as err:  # an unreadable file is reported by the weight reader
+        log.debug("%s: no training record (%s)", path, err)
+        return TrainingRecord()
+    try:
+        arch = raw.get("arch")
+        norm = raw.get("normalization")
+        arch = json.loads(arch) if isinstance(arch, str) else arch
+        norm = json.loads(norm) if isinstance(norm, str) else norm
+        spec = ArchSpec.from_json(json.dumps(arch)) if isinstance(arch, dict) else None
+        normalization = Normalization(norm["mean"], norm["std"]) if norm else None
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("%s: ignoring its training record, which does not parse (%s)", path, err)
+        return TrainingRecord()
+    return TrainingRecord(spec, normalization)
 
 
 def load_checkpoint(
@@ -80,8 +133,8 @@ def load_checkpoint(
     *,
     arch: str | None = None,
     allow_pickle: bool = False,
-    pool: str = "max",
-    output_scale: float = 1.0,
+    pool: str | None = None,
+    output_scale: float | None = None,
     in_shape: Sequence[int] | None = None,
 ) -> Checkpoint:
     """Read a checkpoint, detect its architecture and map it onto our key names.
@@ -91,22 +144,34 @@ def load_checkpoint(
         arch: force ``fc``, ``convnet`` or ``resnet9`` instead of detecting it.
         allow_pickle: also load files holding pickled code (only for trusted files).
         pool, output_scale, in_shape: what the state dict cannot show; see
-            :func:`detect_architecture`.
+            :func:`detect_architecture`. ``None`` takes the value from the file's
+            training record (:func:`read_training_record`), else the default.
 
     Raises:
         CheckpointError: the file cannot be read or matches no supported family.
     """
     path = Path(path)
     state = read_state_dict(path, allow_pickle=allow_pickle)
+    record = read_training_record(path)
+    if record.spec is not None:
+        pool = record.spec.pool if pool is None else pool
+        output_scale = record.spec.output_scale if output_scale is None else output_scale
+        in_shape = record.spec.in_shape if in_shape is None else in_shape
     spec, mapped = detect_architecture(
         state,
         arch=arch,
         in_shape=in_shape,
-        pool=pool,
-        output_scale=output_scale,
+        pool="max" if pool is None else pool,
+        output_scale=1.0 if output_scale is None else output_scale,
         source=str(path),
     )
-    return Checkpoint(path=path, spec=spec, state_dict=mapped, sha256=sha256_of(path))
+    return Checkpoint(
+        path=path,
+        spec=spec,
+        state_dict=mapped,
+        sha256=sha256_of(path),
+        normalization=record.normalization,
+    )
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .fit import FitProblem, FitResult, Target, fit_embeddings
 from .models import INPUT_SET, NeuronNet, build_model
+from .precision import as_layout, autocast, check_precision, fast_layout
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def calibrate(
     temperature: float = 1.0,
     bn_batches: int = 20,
     device: str | torch.device = "cpu",
+    precision: str = "float32",
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict:
     """Distil ``teacher`` into ``student`` on normalised input batches, in place.
@@ -211,8 +213,10 @@ def calibrate(
     of the student moves (embeddings, biases, depthwise kernels, batch-norm shifts)
     while the statistics stay fixed, so the student's neurons keep their identity.
     The learning rate decays with a cosine schedule; ``batches`` is cycled until
-    ``steps`` updates are made.
+    ``steps`` updates are made. ``precision`` is that of the distillation steps (see
+    :mod:`nembed_compress.precision`); batch-norm statistics are measured in float32.
     """
+    check_precision(precision)
     bn_used = reestimate_batch_norm(student, batches, max_batches=bn_batches, device=device)
     student.to(device).eval()
     teacher.to(device).eval()
@@ -222,27 +226,29 @@ def calibrate(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / max(steps, 1)))
     )
     losses, step = [], 0
-    while step < steps:
-        seen = False
-        for x in batches:
-            seen = True
-            x = x.to(device)
-            with torch.no_grad():
-                target = F.softmax(teacher(x) / temperature, dim=1)
-            logits = student(x) / temperature
-            loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
-            opt.zero_grad(set_to_none=True)
-            (loss * temperature**2).backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if progress is not None:
-                progress(step, steps, losses[-1])
-            if step >= steps:
-                break
-        if not seen:
-            raise ValueError("calibration got no batches")
+    with fast_layout(student, teacher) as fmt:
+        while step < steps:
+            seen = False
+            for x in batches:
+                seen = True
+                x = as_layout(x.to(device), fmt)
+                with autocast(device, precision):
+                    with torch.no_grad():
+                        target = F.softmax(teacher(x).float() / temperature, dim=1)
+                    logits = student(x).float() / temperature
+                    loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                (loss * temperature**2).backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                if progress is not None:
+                    progress(step, steps, losses[-1])
+                if step >= steps:
+                    break
+            if not seen:
+                raise ValueError("calibration got no batches")
     student.cpu()
     teacher.cpu()
     head = losses[: max(1, len(losses) // 10)]

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .atomic import atomic_path, check_output_path
 from .errors import NembedError, UsageError
 from .models import NeuronNet, build_model, count_parameters
+from .precision import as_layout, autocast, check_precision, fast_layout
 from .spec import PAPER_DIMS, ArchSpec, Normalization, default_spec
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class TrainOptions:
     eval_every: int = 100
     seed: int = 0
     device: str | torch.device = "cpu"
+    precision: str = "float32"
     limit_train: int | None = None
     limit_test: int | None = None
 
@@ -231,17 +233,20 @@ def train_model(
     eval_every: int = 100,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    precision: str = "float32",
     track: Track = _no_track,
 ) -> TrainResult:
     """Train a fresh model for ``steps`` steps; keep the one best on ``holdout``.
 
     ``train_set`` and ``holdout`` are :class:`~nembed_compress.datasets.ImageDataset`
-    objects (pixels in [0, 1] before ``normalization``).
+    objects (pixels in [0, 1] before ``normalization``). ``precision`` is that of the
+    training steps (see :mod:`nembed_compress.precision`); evaluation is in float32.
     """
     from .pipeline import evaluate
 
     if steps < 1 or eval_every < 1:
         raise UsageError(f"--steps and --eval-every must be positive; got {steps}, {eval_every}")
+    check_precision(precision)
     device = torch.device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -254,27 +259,34 @@ def train_model(
     start = time.perf_counter()
     history, best = [], {"accuracy": -1.0}
     batches = endless_batches(train_set, recipe.batch_size, generator, device)
-    for step in range(1, steps + 1):
-        x, y = next(batches)
-        x = augment(x, generator) if recipe.augment else x
-        value = _step(model, opt, normalization.apply(x), y)
-        schedule.step()
-        if not math.isfinite(value):
-            raise NembedError(
-                f"training diverged at step {step} (loss {value}); lower --lr "
-                f"(now {recipe.lr:g}) or raise --batch-size"
-            )
-        update(step, steps, value)
-        if step % eval_every == 0 or step == steps:
-            scores = evaluate(model, holdout, normalization, device=device)
-            model.to(device).train()
-            history.append({"step": step, "train_loss": value, **_short(scores)})
-            if _better(scores, best):
-                best = {**_short(scores), "step": step, "state": _snapshot(model)}
+    with fast_layout(model) as fmt:
+        for step in range(1, steps + 1):
+            x, y = next(batches)
+            x = augment(x, generator) if recipe.augment else x
+            with autocast(device, precision):
+                value = _step(model, opt, as_layout(normalization.apply(x), fmt), y)
+            schedule.step()
+            if not math.isfinite(value):
+                raise NembedError(
+                    f"training diverged at step {step} (loss {value}); lower --lr "
+                    f"(now {recipe.lr:g}) or raise --batch-size"
+                )
+            update(step, steps, value)
+            if step % eval_every == 0 or step == steps:
+                scores = evaluate(model, holdout, normalization, device=device)
+                model.to(device).train()
+                history.append({"step": step, "train_loss": value, **_short(scores)})
+                if _better(scores, best):
+                    best = {**_short(scores), "step": step, "state": _snapshot(model)}
     seconds = time.perf_counter() - start
     model.load_state_dict(best.pop("state"))
     model.cpu().eval()
-    figures = {"train_seconds": round(seconds, 3), "best": best, "history": history}
+    figures = {
+        "train_seconds": round(seconds, 3),
+        "precision": precision,
+        "best": best,
+        "history": history,
+    }
     return TrainResult(model, normalization, figures)
 
 
@@ -326,6 +338,7 @@ def run_training(options: TrainOptions, track: Track = _no_track) -> TrainResult
         eval_every=options.eval_every,
         seed=options.seed,
         device=options.device,
+        precision=options.precision,
         track=track,
     )
     test = load_dataset(options.dataset, "test", options.data_dir)

@@ -186,3 +186,24 @@ def test_compressing_a_compressed_file_is_refused_by_name(mlp_file, tmp_path):
     result = invoke("compress", first, "-d", 4, "-o", tmp_path / "second.safetensors")
     assert result.exit_code == 2
     assert "already a compressed nembed file" in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "augmented"),
+    [((), False), (("--calibrate-augment",), True), (("--no-calibrate-augment",), False)],
+    ids=["mnist-default", "on", "off"],
+)
+def test_calibration_records_its_augmentation_and_precision(mlp_file, tmp_path, flags, augmented):
+    from synthetic import write_square_mnist
+
+    data_dir = write_square_mnist(tmp_path / "data", n_train=128, n_test=32)
+    out = tmp_path / "c.safetensors"
+    result = invoke(
+        "compress", mlp_file, "--dim", 4, "-o", out, "--json", "--calibrate",
+        "--calibrate-steps", 2, "--calibrate-batch-size", 64, "--data-dir", data_dir,
+        "--precision", "bfloat16", *flags,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.stdout)["calibration"]
+    assert calibration["augment"] is augmented
+    assert (calibration["precision"], calibration["steps"]) == ("bfloat16", 2)

@@ -274,3 +274,87 @@ def test_convolutional_models_train_with_the_cifar_recipe(spec):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     for bn in result.model.norms.values():
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)), "BN scales stay frozen at 1"
+
+
+# ---------------------------------------------------------------------------
+# The training record fills in what a state dict cannot show
+
+
+RESNET9_TINY = ArchSpec(
+    "resnet9", (3, 16, 16), (4, 8, 8, 8, 8, 8, 8, 8, 10), pool="avg", output_scale=0.125
+)
+
+
+def _resnet9_result() -> TrainResult:
+    torch.manual_seed(0)
+    return TrainResult(build_model(RESNET9_TINY).eval(), Normalization((0.4,) * 3, (0.2,) * 3))
+
+
+@pytest.mark.parametrize("name", ["r9.safetensors", "r9.pt"])
+def test_a_trained_state_dict_brings_back_its_pool_logit_scale_and_normalisation(tmp_path, name):
+    result = _resnet9_result()
+    (path, *_) = save_trained(result, tmp_path / name)
+    ckpt = load_checkpoint(path)
+    assert (ckpt.spec.pool, ckpt.spec.output_scale) == ("avg", 0.125)
+    assert ckpt.spec.in_shape == (3, 16, 16)
+    assert ckpt.normalization == result.normalization
+    model = build_model(ckpt.spec)
+    model.load_state_dict(ckpt.state_dict)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(model.eval()(x), result.model(x), atol=1e-6)
+
+
+def test_options_given_by_the_caller_win_over_the_training_record(tmp_path):
+    (path,) = save_trained(_resnet9_result(), tmp_path / "r9.safetensors")
+    ckpt = load_checkpoint(path, pool="max", output_scale=1.0)
+    assert (ckpt.spec.pool, ckpt.spec.output_scale) == ("max", 1.0)
+
+
+def test_a_record_that_does_not_parse_is_ignored_with_a_warning(tmp_path, caplog):
+    (path, record) = save_trained(_resnet9_result(), tmp_path / "r9.pt")
+    record.write_text('{"arch": {"family": "mlp"}}')
+    ckpt = load_checkpoint(path)
+    assert (ckpt.spec.pool, ckpt.spec.output_scale, ckpt.normalization) == ("max", 1.0, None)
+    assert "ignoring its training record" in caplog.text
+
+
+def test_compress_and_eval_use_the_recorded_normalisation(tmp_path, data_dir):
+    norm = Normalization((0.2,), (0.4,))
+    result = TrainResult(tiny_run(steps=10).model, norm)
+    (path,) = save_trained(result, tmp_path / "mlp.safetensors")
+    out = tmp_path / "c.safetensors"
+    compressed = runner.invoke(app, ["compress", str(path), "--dim", "4", "-o", str(out)])
+    assert compressed.exit_code == 0, compressed.output
+    assert load_nembed(out).normalization == norm
+    scored = runner.invoke(app, ["eval", str(path), "--data-dir", str(data_dir), "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["normalization"]["source"] == "file"
+
+
+# ---------------------------------------------------------------------------
+# Precision
+
+
+def test_bfloat16_training_keeps_float32_weights_and_contiguous_layout():
+    spec = ArchSpec("resnet9", (3, 16, 16), (4, 8, 8, 8, 8, 8, 8, 8, 10))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    data = ImageDataset(images, torch.randint(0, 10, (32,), generator=generator), "x", "train")
+    recipe = Recipe("sgd", 0.05, 16, 5e-4, "linear", 0.2, True)
+    norm = Normalization((0.5,) * 3, (0.25,) * 3)
+    result = train_model(
+        spec, data, data, norm, recipe, steps=3, eval_every=3, precision="bfloat16"
+    )
+    assert result.figures["precision"] == "bfloat16"
+    for name, p in result.model.state_dict().items():
+        assert p.is_contiguous(), f"{name} left in channels-last"
+        if p.is_floating_point():
+            assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
+    untrained = build_model(spec).state_dict()
+    assert any(not torch.equal(untrained[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_an_unknown_precision_is_a_usage_error(data_dir, tmp_path):
+    result = runner.invoke(app, train_args(data_dir, tmp_path / "m.pt", "--precision", "fp8"))
+    assert result.exit_code == 2, result.output
+    assert "--precision must be one of float32, bfloat16" in result.output

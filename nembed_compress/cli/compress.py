@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UsageError
+from ..precision import check_precision
 from ..spec import INPUT_EMBEDDINGS, KERNELS, PAPER_DIMS, Normalization
 from . import options as opt
 from .app import command, print_json, print_table, progress_display, resolve_device
@@ -16,8 +17,11 @@ def default_output(model: Path, dim: int) -> Path:
     return model.with_name(f"{model.stem}-d{dim}.safetensors")
 
 
-def normalization_from(mean: str | None, std: str | None, dataset: str | None):
-    """User-given normalisation wins; else the dataset's defaults; else none."""
+def normalization_from(
+    mean: str | None, std: str | None, dataset: str | None, recorded: Normalization | None = None
+):
+    """User-given normalisation wins; else the checkpoint's recorded one; else the dataset's
+    defaults; else none."""
     from ..pipeline import default_normalization
 
     if (mean is None) != (std is None):
@@ -27,6 +31,8 @@ def normalization_from(mean: str | None, std: str | None, dataset: str | None):
             return Normalization.parse(mean, std)
         except ValueError as exc:
             raise UsageError(f"--mean/--std: {exc}") from None
+    if recorded is not None:
+        return recorded
     return default_normalization(dataset)
 
 
@@ -76,6 +82,9 @@ def compress_options(
     calibrate_batch_size: int,
     calibrate_lr: float,
     data_dir: Path | None,
+    precision: str = "float32",
+    recorded: Normalization | None = None,
+    calibrate_augment: bool | None = None,
 ):
     """Checked options of one fit, shared by compress and sweep-dims."""
     from ..fit import SOLVERS
@@ -94,7 +103,14 @@ def compress_options(
     if calibrate:
         data_dir_text = str(data_dir) if data_dir else None
         cal = CalibrateOptions(
-            dataset, data_dir_text, calibrate_steps, calibrate_batch_size, calibrate_lr, seed
+            dataset,
+            data_dir_text,
+            calibrate_steps,
+            calibrate_batch_size,
+            calibrate_lr,
+            seed,
+            check_precision(precision),
+            calibrate_augment,
         )
     return CompressOptions(
         dim=dim,
@@ -106,7 +122,7 @@ def compress_options(
         polish_steps=polish_steps,
         seed=seed,
         device=resolve_device(device),
-        normalization=normalization_from(mean, std, dataset),
+        normalization=normalization_from(mean, std, dataset, recorded),
         calibrate=cal,
     )
 
@@ -130,6 +146,8 @@ def compress(
     calibrate_steps: int = opt.CalibrateSteps,
     calibrate_batch_size: int = opt.CalibrateBatchSize,
     calibrate_lr: float = opt.CalibrateLr,
+    calibrate_augment: bool = opt.CalibrateAugment,
+    precision: str = opt.Precision,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
     mean: str = opt.Mean,
@@ -177,6 +195,9 @@ def compress(
         calibrate_batch_size=calibrate_batch_size,
         calibrate_lr=calibrate_lr,
         data_dir=data_dir,
+        precision=precision,
+        recorded=ckpt.normalization,
+        calibrate_augment=calibrate_augment,
     )
     with progress_display(not json_out) as track:
         nf, figures = compress_model(direct, options, track)

@@ -26,7 +26,7 @@ class LoadedModel:
 
     model: object  # NeuronNet
     kind: str  # "nembed" or "checkpoint"
-    normalization: object | None = None  # Normalization stored in a compressed file
+    normalization: object | None = None  # stored in a compressed file or a training record
     dataset: str | None = None  # dataset named in a compressed file's metadata
 
 
@@ -43,7 +43,7 @@ def load_model_file(path: Path, **checkpoint_options) -> LoadedModel:
     ckpt = load_checkpoint(path, **checkpoint_options)
     model = build_model(ckpt.spec)
     model.load_state_dict(ckpt.state_dict)
-    return LoadedModel(model.eval(), "checkpoint")
+    return LoadedModel(model.eval(), "checkpoint", ckpt.normalization)
 
 
 def check_data_fits(spec, dataset: str) -> None:
@@ -82,7 +82,7 @@ def pick_dataset(given: str | None, loaded: LoadedModel) -> str:
 
 
 def pick_normalization(mean, std, dataset: str, loaded: LoadedModel) -> tuple[object, str]:
-    """--mean/--std, else what a compressed file stores, else the dataset's defaults."""
+    """--mean/--std, else what the file stores, else the dataset's defaults."""
     if mean is not None or std is not None:
         return normalization_from(mean, std, dataset), "options"
     if loaded.normalization is not None:

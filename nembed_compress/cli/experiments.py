@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UsageError
+from ..precision import check_precision
 from ..spec import INPUT_EMBEDDINGS, KERNELS, REPRS
 from . import options as opt
 from .app import (
@@ -85,6 +86,7 @@ def train_command(
     limit: int = opt.Limit,
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batches."),
     device: str = opt.Device,
+    precision: str = opt.Precision,
     force: bool = opt.Force,
     json_out: bool = opt.Json,
 ) -> None:
@@ -118,6 +120,7 @@ def train_command(
         eval_every=eval_every,
         seed=seed,
         device=resolve_device(device),
+        precision=check_precision(precision),
         limit_train=limit_train,
         limit_test=limit,
     )

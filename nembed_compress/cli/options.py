@@ -12,6 +12,12 @@ from ..spec import INPUT_EMBEDDINGS, KERNELS
 _CAL = CalibrateOptions(dataset="")
 
 Device = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
+Precision = typer.Option(
+    "float32",
+    "--precision",
+    help="Arithmetic of training and distillation steps: float32, or bfloat16 (autocast; "
+    "several times faster on CPUs with AVX-512 BF16/AMX and on recent GPUs).",
+)
 Json = typer.Option(False, "--json", help="Print the results as one JSON object.")
 Force = typer.Option(False, "--force", help="Overwrite an existing output.")
 DataDir = typer.Option(
@@ -26,9 +32,16 @@ Dataset = typer.Option(
 Arch = typer.Option(
     None, "--arch", help="fc, convnet or resnet9, where the checkpoint alone is ambiguous."
 )
-Pool = typer.Option("max", "--pool", help="ResNet9 global pooling: max or avg.")
+Pool = typer.Option(
+    None,
+    "--pool",
+    help="ResNet9 global pooling: max or avg (default: the file's training record, else max).",
+)
 OutputScale = typer.Option(
-    1.0, "--output-scale", help="Constant factor on the logits (DAWNBench ResNet9: 0.125)."
+    None,
+    "--output-scale",
+    help="Constant factor on the logits, e.g. 0.125 for DAWNBench's ResNet9 (default: the "
+    "file's training record, else 1).",
 )
 AllowPickle = typer.Option(
     False,
@@ -37,7 +50,10 @@ AllowPickle = typer.Option(
     "trust.",
 )
 Mean = typer.Option(
-    None, "--mean", help="Input normalisation mean per channel, comma-separated (e.g. 0.1307)."
+    None,
+    "--mean",
+    help="Input normalisation mean per channel, comma-separated, e.g. 0.1307 (default: the "
+    "file's training record, else the dataset's).",
 )
 Std = typer.Option(None, "--std", help="Input normalisation std per channel, comma-separated.")
 Limit = typer.Option(None, "--limit", help="Evaluate only the first N test samples.", min=1)
@@ -62,6 +78,13 @@ Calibrate = typer.Option(
 CalibrateSteps = typer.Option(_CAL.steps, "--calibrate-steps", min=1, help="Distillation steps.")
 CalibrateBatchSize = typer.Option(_CAL.batch_size, "--calibrate-batch-size", min=1)
 CalibrateLr = typer.Option(_CAL.lr, "--calibrate-lr", help="Distillation learning rate.")
+CalibrateAugment = typer.Option(
+    None,
+    "--calibrate-augment/--no-calibrate-augment",
+    help="Random crops and flips of the distillation batches (default: on for CIFAR-10, as "
+    "in its training recipe; off for MNIST and Fashion-MNIST).",
+    show_default=False,
+)
 
 # How embeddings are fitted (compress, sweep-dims).
 Kernel = typer.Option("dot", "--kernel", help=f"Kernel: {', '.join(KERNELS)}.")

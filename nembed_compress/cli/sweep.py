@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -34,6 +35,8 @@ def sweep_dims_command(
     calibrate_steps: int = opt.CalibrateSteps,
     calibrate_batch_size: int = opt.CalibrateBatchSize,
     calibrate_lr: float = opt.CalibrateLr,
+    calibrate_augment: bool = opt.CalibrateAugment,
+    precision: str = opt.Precision,
     mean: str = opt.Mean,
     std: str = opt.Std,
     limit: int = opt.Limit,
@@ -82,6 +85,9 @@ def sweep_dims_command(
         calibrate_batch_size=calibrate_batch_size,
         calibrate_lr=calibrate_lr,
         data_dir=data_dir,
+        precision=precision,
+        recorded=ckpt.normalization,
+        calibrate_augment=calibrate_augment,
     )
     data_dir_text = str(data_dir) if data_dir else None
     data = load_dataset(dataset, "test", data_dir)
@@ -136,9 +142,7 @@ def _options_record(model, sha256, options, limit, batch_size, data_dir) -> dict
         "seed": options.seed,
         "device": str(options.device),
         "normalization": norm.to_dict() if norm else None,
-        "calibrate": {"steps": cal.steps, "batch_size": cal.batch_size, "lr": cal.lr}
-        if cal
-        else None,
+        "calibrate": dataclasses.asdict(cal) if cal else None,
         "limit": limit,
         "batch_size": batch_size,
         "data_dir": data_dir,

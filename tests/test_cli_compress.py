@@ -160,7 +160,14 @@ def test_an_unwritable_output_folder_is_an_error(mlp_file, tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--kernel", "rbf"), ("--solver", "sgd"), ("--dtype", "int8"), ("--dataset", "imagenet")],
+    [
+        ("--kernel", "rbf"),
+        ("--solver", "sgd"),
+        ("--dtype", "int8"),
+        ("--dataset", "imagenet"),
+        ("--precision", "float16"),
+        ("--calibrate-bn", "train"),
+    ],
 )
 def test_bad_choices_are_usage_errors(mlp_file, option, value):
     result = invoke("compress", mlp_file, "-d", 4, option, value)
@@ -207,3 +214,4 @@ def test_calibration_records_its_augmentation_and_precision(mlp_file, tmp_path, 
     calibration = json.loads(result.stdout)["calibration"]
     assert calibration["augment"] is augmented
     assert (calibration["precision"], calibration["steps"]) == ("bfloat16", 2)
+    assert calibration["bn_mode"] == "batch"

@@ -66,3 +66,23 @@ def test_bfloat16_calibration_lowers_the_distillation_loss_and_leaves_the_teache
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]) and v.is_contiguous(), k
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in student.parameters())
+
+
+def test_batch_statistics_mode_measures_the_statistics_again_at_the_end():
+    torch.manual_seed(0)
+    teacher = build_model(RESNET9).eval()
+    student = to_embedding(teacher, 4).model
+    batches = [torch.randn(16, 3, 16, 16) for _ in range(4)]
+    stats = calibrate(student, teacher, batches, steps=24, lr=1e-2, bn_mode="batch")
+    assert stats["kl_end"] < stats["kl_start"] and stats["bn_mode"] == "batch"
+    assert not student.training
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    counts = {int(bn.num_batches_tracked) for bn in norms}
+    assert counts == {len(batches)}, "statistics are a fresh average over the batches"
+
+
+def test_an_unknown_batch_norm_mode_is_refused():
+    teacher = build_model(RESNET9).eval()
+    student = to_embedding(teacher, 4).model
+    with pytest.raises(UsageError, match="batch-norm mode must be one of fixed, batch"):
+        calibrate(student, teacher, [torch.randn(2, 3, 16, 16)], steps=1, bn_mode="train")

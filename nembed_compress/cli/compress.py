@@ -85,8 +85,10 @@ def compress_options(
     precision: str = "float32",
     recorded: Normalization | None = None,
     calibrate_augment: bool | None = None,
+    calibrate_bn: str = "batch",
 ):
     """Checked options of one fit, shared by compress and sweep-dims."""
+    from ..convert import BN_MODES
     from ..fit import SOLVERS
     from ..pipeline import CalibrateOptions, CompressOptions
 
@@ -94,9 +96,11 @@ def compress_options(
         ("--kernel", kernel, KERNELS),
         ("--input-embedding", input_embedding, INPUT_EMBEDDINGS),
         ("--solver", solver, SOLVERS),
+        ("--calibrate-bn", calibrate_bn, BN_MODES),
     ):
         if value not in choices:
             raise UsageError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+    check_precision(precision)
     if calibrate and dataset is None:
         raise UsageError("--calibrate needs training data: give --dataset")
     cal = None
@@ -109,8 +113,9 @@ def compress_options(
             calibrate_batch_size,
             calibrate_lr,
             seed,
-            check_precision(precision),
+            precision,
             calibrate_augment,
+            calibrate_bn,
         )
     return CompressOptions(
         dim=dim,
@@ -147,6 +152,7 @@ def compress(
     calibrate_batch_size: int = opt.CalibrateBatchSize,
     calibrate_lr: float = opt.CalibrateLr,
     calibrate_augment: bool = opt.CalibrateAugment,
+    calibrate_bn: str = opt.CalibrateBn,
     precision: str = opt.Precision,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
@@ -198,6 +204,7 @@ def compress(
         precision=precision,
         recorded=ckpt.normalization,
         calibrate_augment=calibrate_augment,
+        calibrate_bn=calibrate_bn,
     )
     with progress_display(not json_out) as track:
         nf, figures = compress_model(direct, options, track)

@@ -78,6 +78,12 @@ Calibrate = typer.Option(
 CalibrateSteps = typer.Option(_CAL.steps, "--calibrate-steps", min=1, help="Distillation steps.")
 CalibrateBatchSize = typer.Option(_CAL.batch_size, "--calibrate-batch-size", min=1)
 CalibrateLr = typer.Option(_CAL.lr, "--calibrate-lr", help="Distillation learning rate.")
+CalibrateBn = typer.Option(
+    _CAL.bn_mode,
+    "--calibrate-bn",
+    help="Batch norms while distilling: batch (normalise by batch statistics, measure them "
+    "again at the end) or fixed (keep the statistics measured first).",
+)
 CalibrateAugment = typer.Option(
     None,
     "--calibrate-augment/--no-calibrate-augment",

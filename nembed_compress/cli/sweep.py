@@ -36,6 +36,7 @@ def sweep_dims_command(
     calibrate_batch_size: int = opt.CalibrateBatchSize,
     calibrate_lr: float = opt.CalibrateLr,
     calibrate_augment: bool = opt.CalibrateAugment,
+    calibrate_bn: str = opt.CalibrateBn,
     precision: str = opt.Precision,
     mean: str = opt.Mean,
     std: str = opt.Std,
@@ -88,6 +89,7 @@ def sweep_dims_command(
         precision=precision,
         recorded=ckpt.normalization,
         calibrate_augment=calibrate_augment,
+        calibrate_bn=calibrate_bn,
     )
     data_dir_text = str(data_dir) if data_dir else None
     data = load_dataset(dataset, "test", data_dir)

@@ -57,6 +57,7 @@ def reference_model(args) -> tuple[torch.nn.Module, object, dict]:
                 seed=args.seed,
                 device=args.device,
                 precision=args.precision,
+                layer_weight=args.calibrate_layers,
             )
             result = run_training(options)
             save_trained(result, path)
@@ -78,6 +79,12 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--calibrate-steps", type=int, default=CalibrateOptions("").steps)
     parser.add_argument("--calibrate-batch-size", type=int, default=CalibrateOptions("").batch_size)
+    parser.add_argument(
+        "--calibrate-layers",
+        type=float,
+        default=CalibrateOptions("").layer_weight,
+        help="weight of matching every layer's outputs while calibrating",
+    )
     parser.add_argument("--precision", default="float32", help="of pretraining and calibration")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=None, help="test samples to evaluate")
@@ -120,6 +127,7 @@ def main() -> None:
                 args.calibrate_batch_size,
                 seed=args.seed,
                 precision=args.precision,
+                layer_weight=args.calibrate_layers,
             )
         start = time.perf_counter()
         nf, figures = compress_model(reference, options)

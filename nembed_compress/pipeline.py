@@ -61,6 +61,9 @@ class CalibrateOptions:
     # Batch norms use batch statistics while distilling, then are measured again
     # ("batch"), or keep the statistics measured before ("fixed"); see ``calibrate``.
     bn_mode: str = "batch"
+    # Weight of matching every layer's outputs to the original's, next to the output
+    # distillation; 0 matches the outputs only. See ``calibrate``.
+    layer_weight: float = 0.0
 
 
 @dataclass
@@ -153,6 +156,7 @@ def _calibrate(model, teacher, options: CompressOptions, track: Track) -> dict:
         device=options.device,
         precision=cal.precision,
         bn_mode=cal.bn_mode,
+        layer_weight=cal.layer_weight,
         progress=update,
     )
     model.eval()

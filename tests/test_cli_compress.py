@@ -215,3 +215,24 @@ def test_calibration_records_its_augmentation_and_precision(mlp_file, tmp_path, 
     assert calibration["augment"] is augmented
     assert (calibration["precision"], calibration["steps"]) == ("bfloat16", 2)
     assert calibration["bn_mode"] == "batch"
+
+
+def test_layer_matching_is_recorded_with_its_error(mlp_file, tmp_path):
+    from synthetic import write_square_mnist
+
+    data_dir = write_square_mnist(tmp_path / "data", n_train=128, n_test=32)
+    result = invoke(
+        "compress", mlp_file, "--dim", 4, "-o", tmp_path / "c.safetensors", "--json",
+        "--calibrate", "--calibrate-steps", 3, "--calibrate-batch-size", 64,
+        "--data-dir", data_dir, "--calibrate-layers", 0.5,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.stdout)["calibration"]
+    assert calibration["layer_weight"] == 0.5
+    assert calibration["layer_start"] > 0
+
+
+def test_a_negative_layer_weight_is_a_usage_error(mlp_file):
+    result = invoke("compress", mlp_file, "-d", 4, "--calibrate-layers", -1)
+    assert result.exit_code == 2
+    assert "--calibrate-layers" in result.output

@@ -86,3 +86,23 @@ def test_an_unknown_batch_norm_mode_is_refused():
     student = to_embedding(teacher, 4).model
     with pytest.raises(UsageError, match="batch-norm mode must be one of fixed, batch"):
         calibrate(student, teacher, [torch.randn(2, 3, 16, 16)], steps=1, bn_mode="train")
+
+
+def test_layer_matching_lowers_the_layer_error_and_removes_its_hooks():
+    torch.manual_seed(0)
+    teacher = build_model(RESNET9).eval()
+    student = to_embedding(teacher, 4).model
+    batches = [torch.randn(16, 3, 16, 16) for _ in range(4)]
+    stats = calibrate(student, teacher, batches, steps=24, lr=1e-2, layer_weight=1.0)
+    assert stats["layer_end"] < stats["layer_start"]
+    assert stats["kl_end"] < stats["kl_start"]
+    for model in (student, teacher):
+        assert all(not m._forward_hooks for m in model.modules()), "hooks are removed"
+
+
+def test_without_layer_matching_no_layer_error_is_reported():
+    torch.manual_seed(0)
+    teacher = build_model(RESNET9).eval()
+    student = to_embedding(teacher, 4).model
+    stats = calibrate(student, teacher, [torch.randn(8, 3, 16, 16)], steps=2)
+    assert stats["layer_weight"] == 0.0 and "layer_start" not in stats

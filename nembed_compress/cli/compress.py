@@ -86,6 +86,7 @@ def compress_options(
     recorded: Normalization | None = None,
     calibrate_augment: bool | None = None,
     calibrate_bn: str = "batch",
+    calibrate_layers: float = 0.0,
 ):
     """Checked options of one fit, shared by compress and sweep-dims."""
     from ..convert import BN_MODES
@@ -116,6 +117,7 @@ def compress_options(
             precision,
             calibrate_augment,
             calibrate_bn,
+            calibrate_layers,
         )
     return CompressOptions(
         dim=dim,
@@ -153,6 +155,7 @@ def compress(
     calibrate_lr: float = opt.CalibrateLr,
     calibrate_augment: bool = opt.CalibrateAugment,
     calibrate_bn: str = opt.CalibrateBn,
+    calibrate_layers: float = opt.CalibrateLayers,
     precision: str = opt.Precision,
     dataset: str = opt.Dataset,
     data_dir: Path = opt.DataDir,
@@ -205,6 +208,7 @@ def compress(
         recorded=ckpt.normalization,
         calibrate_augment=calibrate_augment,
         calibrate_bn=calibrate_bn,
+        calibrate_layers=calibrate_layers,
     )
     with progress_display(not json_out) as track:
         nf, figures = compress_model(direct, options, track)
@@ -253,5 +257,12 @@ def _print_summary(r: dict) -> None:
         rows.append(
             ("calibration KL start -> end", f"{cal['kl_start']:.4g} -> {cal['kl_end']:.4g}")
         )
+        if "layer_start" in cal:
+            rows.append(
+                (
+                    "calibration layer error start -> end",
+                    f"{cal['layer_start']:.4g} -> {cal['layer_end']:.4g}",
+                )
+            )
     rows.append(("total time", f"{r['seconds']:.2f} s"))
     print_table(f"nembed compress (d={r['dim']})", rows)

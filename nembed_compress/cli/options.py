@@ -84,6 +84,13 @@ CalibrateBn = typer.Option(
     help="Batch norms while distilling: batch (normalise by batch statistics, measure them "
     "again at the end) or fixed (keep the statistics measured first).",
 )
+CalibrateLayers = typer.Option(
+    _CAL.layer_weight,
+    "--calibrate-layers",
+    min=0.0,
+    help="Weight of matching every layer's outputs to the original's while distilling "
+    "(0: match the final outputs only).",
+)
 CalibrateAugment = typer.Option(
     None,
     "--calibrate-augment/--no-calibrate-augment",

@@ -37,6 +37,7 @@ def sweep_dims_command(
     calibrate_lr: float = opt.CalibrateLr,
     calibrate_augment: bool = opt.CalibrateAugment,
     calibrate_bn: str = opt.CalibrateBn,
+    calibrate_layers: float = opt.CalibrateLayers,
     precision: str = opt.Precision,
     mean: str = opt.Mean,
     std: str = opt.Std,
@@ -90,6 +91,7 @@ def sweep_dims_command(
         recorded=ckpt.normalization,
         calibrate_augment=calibrate_augment,
         calibrate_bn=calibrate_bn,
+        calibrate_layers=calibrate_layers,
     )
     data_dir_text = str(data_dir) if data_dir else None
     data = load_dataset(dataset, "test", data_dir)

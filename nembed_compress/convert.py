@@ -236,6 +236,7 @@ def calibrate(
     check_precision(precision)
     if bn_mode not in BN_MODES:
         raise UsageError(f"batch-norm mode must be one of {', '.join(BN_MODES)}; got {bn_mode!r}")
+    taps = _LayerTaps(student, teacher) if layer_weight > 0 else contextlib.nullcontext()
     bn_used = reestimate_batch_norm(student, batches, max_batches=bn_batches, device=device)
     student.to(device).train(bn_mode == "batch")
     teacher.to(device).eval()
@@ -245,7 +246,6 @@ def calibrate(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / max(steps, 1)))
     )
     losses, layer_losses, step = [], [], 0
-    taps = _LayerTaps(student, teacher) if layer_weight > 0 else contextlib.nullcontext()
     with fast_layout(student, teacher) as fmt, taps:
         while step < steps:
             seen = False
@@ -321,6 +321,8 @@ class _LayerTaps:
             s = student.norms[name] if ls.norm else student.layers[name]
             t = teacher.norms[name] if teacher_layout[name].norm else teacher.layers[name]
             self.pairs.append((s, t))
+        if not self.pairs:
+            raise ValueError("layer matching needs a teacher with the student's layer layout")
         self.outputs: dict[nn.Module, torch.Tensor] = {}
         self.handles = []
 

@@ -106,3 +106,11 @@ def test_without_layer_matching_no_layer_error_is_reported():
     student = to_embedding(teacher, 4).model
     stats = calibrate(student, teacher, [torch.randn(8, 3, 16, 16)], steps=2)
     assert stats["layer_weight"] == 0.0 and "layer_start" not in stats
+
+
+def test_layer_matching_needs_a_teacher_with_the_same_layers():
+    teacher = build_model(RESNET9).eval()
+    student = to_embedding(teacher, 4).model
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    with pytest.raises(ValueError, match="layer layout"):
+        calibrate(student, plain, [torch.randn(2, 3, 16, 16)], steps=1, layer_weight=1.0)

@@ -57,7 +57,6 @@ def reference_model(args) -> tuple[torch.nn.Module, object, dict]:
                 seed=args.seed,
                 device=args.device,
                 precision=args.precision,
-                layer_weight=args.calibrate_layers,
             )
             result = run_training(options)
             save_trained(result, path)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .errors import UsageError
 from .fit import FitProblem, FitResult, Target, fit_embeddings
@@ -284,22 +283,17 @@ def calibrate(
         "bn_mode": bn_mode,
         "lr": lr,
         "layer_weight": layer_weight,
-        "kl_start": _head_mean(losses),
-        "kl_end": _tail_mean(losses),
     }
+    stats["kl_start"], stats["kl_end"] = _start_and_end(losses)
     if layer_losses:
-        stats.update(layer_start=_head_mean(layer_losses), layer_end=_tail_mean(layer_losses))
+        stats["layer_start"], stats["layer_end"] = _start_and_end(layer_losses)
     return stats
 
 
-def _head_mean(values: list[float]) -> float:
-    head = values[: max(1, len(values) // 10)]
-    return sum(head) / len(head)
-
-
-def _tail_mean(values: list[float]) -> float:
-    tail = values[-max(1, len(values) // 10) :]
-    return sum(tail) / len(tail)
+def _start_and_end(values: list[float]) -> tuple[float, float]:
+    """Means of the first and the last tenth of a run's per-step values."""
+    n = max(1, len(values) // 10)
+    return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
 class _LayerTaps:
@@ -323,7 +317,7 @@ class _LayerTaps:
             self.pairs.append((s, t))
         if not self.pairs:
             raise ValueError("layer matching needs a teacher with the student's layer layout")
-        self.outputs: dict[nn.Module, torch.Tensor] = {}
+        self.outputs: dict[torch.nn.Module, torch.Tensor] = {}
         self.handles = []
 
     def _record(self, module, args, output) -> None:
